@@ -1,0 +1,34 @@
+# Two commands matter: `make run` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The Fashion-MNIST copy next to the checkout, unless the caller points elsewhere.
+FASHION_MNIST_DIR ?= $(abspath $(wildcard ../shared/datasets/fashion-mnist))
+export FASHION_MNIST_DIR
+export VITRINE_STORAGE ?= $(abspath .vitrine)
+export RAY_AUTH_MODE ?= disabled
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: setup run test smoke clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+# Train the default grid, report it and export the best model.
+run: setup
+	$(BIN)/vitrine tune --grid tune/grids/default.yaml
+
+smoke: setup
+	$(BIN)/vitrine tune --grid tune/grids/default.yaml --smoke-test
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf .vitrine .pytest_cache

@@ -1,0 +1,162 @@
+"""The one image-preprocessing function: bytes → model input, identical in training, embedding
+and serving.
+
+A model card carries a :class:`PreprocessSpec`; every consumer turns images into model inputs
+with :func:`to_model_input` (one image) or :func:`arrays_to_model_input` (a training batch of
+raw pixel arrays), so the pixels a model sees never depend on which part of the system asked.
+
+Fashion-MNIST is light garments on a black background; shop photos are dark-ish garments on a
+white background. With ``invert_light_background`` a light-bordered image is inverted, so a
+model trained on Fashion-MNIST sees a photo the way it saw its training data.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageDecodeError(ValueError):
+    """An input is not a usable image; ``reason`` is a short, user-facing explanation."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    height: int = 28
+    width: int = 28
+    channels: int = 1  # 1 = grayscale, 3 = RGB
+    invert_light_background: bool = True
+    # Inputs are scaled to [0, 1]; backbone-specific normalisation lives inside the model.
+    scale: float = 1.0 / 255.0
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    @classmethod
+    def for_input_shape(cls, shape, **kw) -> "PreprocessSpec":
+        h, w, c = shape
+        return cls(height=int(h), width=int(w), channels=int(c), **kw)
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode bytes into a loaded PIL image (first frame of an animation), or raise
+    :class:`ImageDecodeError` with a reason: empty, not an image, truncated, or too many pixels."""
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a recognised image format") from None
+    except Exception as exc:  # Pillow raises many types for garbage headers
+        raise ImageDecodeError(f"unreadable image header: {exc}") from None
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageDecodeError(f"image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageDecodeError(f"image too large: {w}x{h} = {w * h} pixels, limit {max_pixels}")
+    try:
+        img.seek(0)
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"truncated or corrupt image data: {exc}") from None
+    return img
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Bring every Pillow mode to L or RGB, scaling 16/32-bit data instead of clipping it, and
+    compositing transparency onto white (what a shop page shows behind a cut-out)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    if mode in ("L", "RGB"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+
+
+def _border_mean(arr: np.ndarray) -> float:
+    """Mean of the outermost pixels, in [0, 255]; the background of a product shot."""
+    if arr.shape[0] < 3 or arr.shape[1] < 3:
+        return float(arr.mean())
+    border = np.concatenate([arr[0].ravel(), arr[-1].ravel(), arr[:, 0].ravel(), arr[:, -1].ravel()])
+    return float(border.mean())
+
+
+def to_model_input(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """A decoded image → float32 array of ``spec.input_shape``."""
+    img = _to_8bit(img)
+    img = img.convert("L" if spec.channels == 1 else "RGB")
+    arr = np.asarray(img)
+    if spec.invert_light_background and _border_mean(arr) > 127.5:
+        img = ImageOps.invert(img)
+        arr = np.asarray(img)
+    if img.size != (spec.width, spec.height):
+        fill = int(_border_mean(arr)) if spec.channels == 1 else tuple(int(v) for v in arr[0, 0])
+        # Fit inside the target keeping the aspect ratio, as Fashion-MNIST's own pipeline did.
+        img = ImageOps.pad(img, (spec.width, spec.height), method=Image.Resampling.LANCZOS, color=fill)
+        arr = np.asarray(img)
+    out = arr.astype(np.float32) * np.float32(spec.scale)
+    if out.ndim == 2:
+        out = out[..., None]
+    return out
+
+
+def preprocess_bytes(data: bytes, spec: PreprocessSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes → model input; raises :class:`ImageDecodeError` for bad input."""
+    return to_model_input(decode_image(data, max_pixels=max_pixels), spec)
+
+
+def arrays_to_model_input(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """A batch of uint8 images (N, H, W) or (N, H, W, C) → model inputs (N, *spec.input_shape).
+
+    Same result as :func:`to_model_input` on each image; when the pixels already have the
+    target size and channel count (Fashion-MNIST into a 28×28×1 model) it runs vectorised.
+    """
+    if pixels.ndim == 3:
+        pixels = pixels[..., None]
+    n, h, w, c = pixels.shape
+    if (h, w, c) == spec.input_shape:
+        out = pixels.astype(np.float32) * np.float32(spec.scale)
+        if spec.invert_light_background and n:
+            border = np.concatenate(
+                [pixels[:, 0].reshape(n, -1), pixels[:, -1].reshape(n, -1),
+                 pixels[:, :, 0].reshape(n, -1), pixels[:, :, -1].reshape(n, -1)], axis=1)
+            light = border.mean(axis=1) > 127.5
+            if light.any():
+                out[light] = np.float32(255 * spec.scale) - out[light]
+        return out
+    result = np.empty((n, *spec.input_shape), dtype=np.float32)
+    for i in range(n):
+        arr = pixels[i]
+        img = Image.fromarray(arr[..., 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
+        result[i] = to_model_input(img, spec)
+    return result

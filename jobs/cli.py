@@ -1,0 +1,39 @@
+"""The ``vitrine`` command: one sub-command per job.
+
+    vitrine models [--json]
+    vitrine tune --grid FILE [--smoke-test] [--storage URI] [--address RAY_ADDRESS] [--resume]
+    vitrine evaluate --model DIR_OR_URI [--json]
+
+Every command shares one storage root: ``--storage URI`` or ``$VITRINE_STORAGE``
+(default ``./.vitrine``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command -> (module, one-line help); modules load only when their command runs.
+COMMANDS = {
+    "models": ("jobs.list_models", "list the registered model architectures"),
+    "tune": ("jobs.tune_grid", "run a Ray Tune grid, report and export the best model"),
+    "evaluate": ("jobs.evaluate_model", "reload a model artifact and reproduce its test metrics"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="vitrine", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    args, rest = parser.parse_known_args(argv[:1])
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

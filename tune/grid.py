@@ -1,0 +1,281 @@
+"""The architecture × optimizer × learning-rate grid on Ray Tune, its evaluation, report and export.
+
+A grid is data (YAML, see ``tune/grids/``). Each trial is the plain training function with its
+own resources (CPUs, GPUs or a fraction of one), so the same grid spreads over a laptop's cores
+or a cluster's GPU workers. Results live under ``<storage>/tune/<name>/<run_id>/``; an
+interrupted grid resumes (``resume: true``) without redoing finished trials. The best trial is
+evaluated on the test split, reported (``report/report.md`` with plots) and exported as a model
+artifact under ``<storage>/models/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from artifacts import model_artifact, publish, storage
+from artifacts.configuration import load_config, to_dict
+from artifacts.model_card import ModelCard
+
+from .training import BEST, OPTIMIZERS, TrainConfig
+
+log = logging.getLogger("vitrine.grid")
+
+CURRENT = "CURRENT"  # the run a --resume continues
+SUMMARY = "grid_summary.json"
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    cpu: float = 1.0
+    gpu: float = 0.0  # fractions share a GPU between trials
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    name: str = "default"
+    architectures: tuple[str, ...] = ("vitrine_cnn",)
+    optimizers: tuple[str, ...] = ("adam",)
+    learning_rates: tuple[float, ...] = (1e-3,)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # architecture -> TrainConfig overrides, e.g. {"thesis_cnn": {"epochs": 5}}
+    per_architecture: dict = field(default_factory=dict)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    max_concurrent_trials: int = 0  # 0 = as many as the resources allow
+    storage: str = ""  # default: $VITRINE_STORAGE or ./.vitrine
+    data: str = ""  # Fashion-MNIST directory or s3:// prefix; default: $FASHION_MNIST_DIR
+    address: str = ""  # Ray cluster address; "" = start a local Ray
+    num_cpus: int = 0  # local Ray only; 0 = all
+    resume: bool = False
+    smoke_test: bool = False
+    export: bool = True
+
+
+@dataclass
+class GridResult:
+    run_id: str
+    run_uri: str
+    leaderboard: list[dict]
+    best: dict | None
+    test_metrics: dict | None
+    model_uri: str | None
+    report_uri: str | None
+    wall_time_s: float
+    sum_trial_seconds: float
+
+
+def smoke(config: GridConfig) -> GridConfig:
+    """Two trials, one epoch each, a small per-class subset: proves the whole path quickly."""
+    train = dataclasses.replace(config.train, epochs=1, max_per_class=40, early_stopping_patience=0)
+    return dataclasses.replace(config, name=f"{config.name}-smoke", train=train, smoke_test=True,
+                               per_architecture={k: {kk: vv for kk, vv in v.items() if kk not in ("epochs",)}
+                                                 for k, v in config.per_architecture.items()})
+
+
+def trial_specs(config: GridConfig) -> list[dict]:
+    """The grid as a list of trials: ``{"architecture", "optimizer", "learning_rate", "train": {...}}``."""
+    from .models import get_model_info
+
+    for arch in config.architectures:
+        get_model_info(arch)  # unknown names fail before anything starts
+    for opt in config.optimizers:
+        if opt not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {opt!r}; valid: {', '.join(OPTIMIZERS)}")
+    base = to_dict(config.train)
+    specs = []
+    for arch, opt, lr in itertools.product(config.architectures, config.optimizers, config.learning_rates):
+        train = {**base, **config.per_architecture.get(arch, {}), "architecture": arch, "optimizer": opt,
+                 "learning_rate": float(lr)}
+        specs.append({"architecture": arch, "optimizer": opt, "learning_rate": float(lr), "train": train})
+    if config.smoke_test:
+        specs = specs[:2]
+    if not specs:
+        raise ValueError("the grid is empty: give at least one architecture, optimizer and learning rate")
+    return specs
+
+
+def run_trial(params: dict, data_source: str = "") -> None:
+    """The Tune trainable: one training run reporting every epoch with its checkpoint."""
+    from ray import tune as ray_tune
+
+    from artifacts.logs import setup_logging
+
+    from .training import prepare_data, train
+
+    setup_logging()
+    cfg = load_config(TrainConfig, values=params["trial"]["train"])
+    data, _ = prepare_data(cfg, data_source or None)
+    with tempfile.TemporaryDirectory(prefix="vitrine-trial-") as work:
+        checkpoint = ray_tune.get_checkpoint()
+        if checkpoint is not None:
+            checkpoint.to_directory(work)
+
+        def report(metrics: dict, workdir: Path) -> None:
+            ray_tune.report(metrics, checkpoint=ray_tune.Checkpoint.from_directory(str(workdir)))
+
+        train(cfg, data, workdir=work, on_epoch=report)
+
+
+def _ensure_ray(config: GridConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if config.address:
+        ray.init(address=config.address)
+    else:
+        ray.init(num_cpus=config.num_cpus or None, include_dashboard=False)
+
+
+def _storage_args(uri: str) -> dict:
+    """How Tune takes a storage location: an absolute local path, or bucket/prefix + S3 filesystem."""
+    if storage.is_remote(uri):
+        return {"storage_path": uri.split("://", 1)[1], "storage_filesystem": storage.s3_filesystem()}
+    return {"storage_path": storage.resolve(uri)[1]}
+
+
+def _history(result) -> list[dict]:
+    df = result.metrics_dataframe
+    if df is None or df.empty:
+        return []
+    cols = [c for c in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds") if c in df.columns]
+    return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items()} for row in df[cols].to_dict("records")]
+
+
+def run(config: GridConfig) -> GridResult:
+    """Run (or resume) the grid; evaluate, report and export the best trial."""
+    from ray import tune as ray_tune
+
+    if config.smoke_test and not config.name.endswith("-smoke"):
+        config = smoke(config)
+    specs = trial_specs(config)
+    root = config.storage or storage.default_root()
+    kind_uri = storage.join(root, "tune", publish.check_id(config.name))
+    if config.resume:
+        pointer = storage.join(kind_uri, CURRENT)
+        if not storage.exists(pointer):
+            raise FileNotFoundError(f"nothing to resume: no run of grid {config.name!r} under {kind_uri}")
+        run_id = publish.check_id(storage.read_text(pointer).strip())
+    else:
+        run_id = publish.new_id(config.name)
+    run_uri = storage.join(kind_uri, run_id)
+    _ensure_ray(config)
+
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(run_trial, data_source=config.data),
+        {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
+    st = _storage_args(kind_uri)
+    experiment_path = run_uri if storage.is_remote(run_uri) else storage.resolve(run_uri)[1]
+    started = time.time()
+    if config.resume and ray_tune.Tuner.can_restore(experiment_path, storage_filesystem=st.get("storage_filesystem")):
+        log.info("resuming grid %s from %s", config.name, run_uri)
+        tuner = ray_tune.Tuner.restore(experiment_path, trainable, resume_errored=True,
+                                       storage_filesystem=st.get("storage_filesystem"))
+    else:
+        storage.write_text(storage.join(kind_uri, CURRENT), run_id + "\n")
+        log.info("grid %s: %d trials, run %s", config.name, len(specs), run_uri)
+        tuner = ray_tune.Tuner(
+            trainable,
+            param_space={"trial": ray_tune.grid_search(specs)},
+            tune_config=ray_tune.TuneConfig(
+                max_concurrent_trials=config.max_concurrent_trials or None,
+                trial_dirname_creator=lambda t: f"{t.config['trial']['architecture']}_{t.config['trial']['optimizer']}"
+                f"_{t.config['trial']['learning_rate']:g}_{t.trial_id}"),
+            run_config=ray_tune.RunConfig(
+                name=run_id, **st,
+                checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+                failure_config=ray_tune.FailureConfig(max_failures=1)),
+        )
+    results = tuner.fit()
+    wall = time.time() - started
+
+    leaderboard, histories, sum_trial = [], {}, 0.0
+    best_result, best_acc = None, -1.0
+    for result in results:
+        spec = result.config["trial"]
+        m = result.metrics or {}
+        trial_id = m.get("trial_id") or Path(result.path).name
+        row = {"trial_id": trial_id, "architecture": spec["architecture"], "optimizer": spec["optimizer"],
+               "learning_rate": spec["learning_rate"], "batch_size": spec["train"]["batch_size"],
+               "epochs_run": m.get("epoch"), "val_accuracy": m.get("best_val_accuracy"),
+               "val_loss": m.get("val_loss"), "train_seconds": m.get("trial_seconds"),
+               "status": "error" if result.error else ("early-stopped" if m.get("early_stopped") else "done")}
+        leaderboard.append(row)
+        histories[trial_id] = _history(result)
+        sum_trial += float(m.get("trial_seconds") or 0.0)
+        if result.checkpoint is not None and (m.get("best_val_accuracy") or -1) > best_acc:
+            best_result, best_acc = result, m["best_val_accuracy"]
+    leaderboard.sort(key=lambda r: -(r["val_accuracy"] if r["val_accuracy"] is not None else -1))
+
+    best = test_metrics = model_uri = None
+    notes = (f"Grid wall time {wall:.0f} s; sum of trial times {sum_trial:.0f} s; "
+             f"ratio {wall / sum_trial:.2f}.\n" if sum_trial else "")
+    if best_result is not None:
+        best, test_metrics, model_uri = _evaluate_and_export(config, best_result, root, run_id)
+    with tempfile.TemporaryDirectory(prefix="vitrine-report-") as tmp:
+        from .report import write_report
+
+        write_report(Path(tmp), title=f"Grid {config.name} — run {run_id}", leaderboard=leaderboard,
+                     histories=histories, test_metrics=test_metrics,
+                     best_trial_id=best["trial_id"] if best else None, wall_time_s=wall,
+                     notes_md=notes + (f"\nExported model: `{model_uri}`\n" if model_uri else ""))
+        report_uri = storage.join(run_uri, "report")
+        storage.upload_dir(tmp, report_uri)
+    result = GridResult(run_id=run_id, run_uri=run_uri, leaderboard=leaderboard, best=best,
+                        test_metrics=test_metrics, model_uri=model_uri, report_uri=report_uri,
+                        wall_time_s=wall, sum_trial_seconds=sum_trial)
+    storage.write_text(storage.join(run_uri, SUMMARY), json.dumps(
+        {**dataclasses.asdict(result), "config": to_dict(config)}, indent=2, default=str))
+    return result
+
+
+def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str) -> tuple[dict, dict, str | None]:
+    import keras
+
+    from .data import fashion_mnist
+    from .evaluation import evaluate
+    from .training import preprocess_spec_for
+
+    spec_trial = result.config["trial"]
+    m = result.metrics
+    ds = fashion_mnist.load(config.data or None)
+    with result.checkpoint.as_directory() as ckpt:
+        model = keras.models.load_model(Path(ckpt) / BEST, compile=False)
+    spec = preprocess_spec_for(model)
+    test_metrics = evaluate(model, spec, ds.test_images, ds.test_labels, ds.class_names)
+    best = {"trial_id": m.get("trial_id"), "architecture": spec_trial["architecture"],
+            "optimizer": spec_trial["optimizer"], "learning_rate": spec_trial["learning_rate"],
+            "val_accuracy": m.get("best_val_accuracy"), "best_epoch": m.get("best_epoch"),
+            "test_accuracy": test_metrics["accuracy"]}
+    log.info("best trial %s (%s/%s/%g): val %.4f, test %.4f", best["trial_id"], best["architecture"],
+             best["optimizer"], best["learning_rate"], best["val_accuracy"], test_metrics["accuracy"])
+    if not config.export:
+        return best, test_metrics, None
+    from .models import EMBEDDING_LAYER
+
+    model_id = publish.new_id(spec_trial["architecture"].replace("_", "-"))
+    emb = model.get_layer(EMBEDDING_LAYER)
+    card = ModelCard(
+        model_id=model_id, architecture=spec_trial["architecture"], class_names=list(ds.class_names),
+        input_shape=list(spec.input_shape), preprocessing=spec.to_dict(), embedding_layer=EMBEDDING_LAYER,
+        embedding_dim=int(emb.output.shape[-1]), params=int(model.count_params()),
+        training_config={**spec_trial["train"], "grid": config.name, "run_id": run_id,
+                         "best_epoch": m.get("best_epoch")},
+        test_metrics=test_metrics,
+        dataset={"name": "fashion-mnist", "source": ds.source, "sha256": ds.sha256, "split": "test",
+                 "validation_fraction": spec_trial["train"]["validation_fraction"]},
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        framework={"keras": keras.__version__})
+    uri = model_artifact.save(model, card, model_artifact.models_root(root))
+    log.info("exported %s", uri)
+    return best, test_metrics, uri
+
+
+def load_grid_config(path: str | None, overrides=(), **flags) -> GridConfig:
+    return load_config(GridConfig, yaml_path=path, overrides=overrides, values=flags)
