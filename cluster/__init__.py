@@ -1,0 +1,1 @@
+"""Where vitrine runs: cluster configuration and helpers to start clusters (see README)."""

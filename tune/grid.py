@@ -204,11 +204,12 @@ def run(config: GridConfig) -> GridResult:
         row = {"trial_id": trial_id, "architecture": spec["architecture"], "optimizer": spec["optimizer"],
                "learning_rate": spec["learning_rate"], "batch_size": spec["train"]["batch_size"],
                "epochs_run": m.get("epoch"), "val_accuracy": m.get("best_val_accuracy"),
-               "val_loss": m.get("val_loss"), "train_seconds": m.get("trial_seconds"),
+               "val_loss": m.get("val_loss"), "train_seconds": m.get("time_total_s"),
                "status": "error" if result.error else ("early-stopped" if m.get("early_stopped") else "done")}
         leaderboard.append(row)
         histories[trial_id] = _history(result)
-        sum_trial += float(m.get("trial_seconds") or 0.0)
+        # Tune's time_total_s runs from the trial's start (data loading included) to its last report.
+        sum_trial += float(m.get("time_total_s") or 0.0)
         if result.checkpoint is not None and (m.get("best_val_accuracy") or -1) > best_acc:
             best_result, best_acc = result, m["best_val_accuracy"]
     leaderboard.sort(key=lambda r: -(r["val_accuracy"] if r["val_accuracy"] is not None else -1))

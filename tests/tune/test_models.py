@@ -52,8 +52,9 @@ def _no_weights_env(monkeypatch):
 
 @pytest.fixture(scope="module")
 def described() -> dict[str, dict]:
-    os.environ.pop(transfer.WEIGHTS_ENV, None)
-    return {row["name"]: row for row in describe_models()}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(transfer.WEIGHTS_ENV, raising=False)
+        return {row["name"]: row for row in describe_models()}
 
 
 _BUILT: dict[str, keras.Model] = {}
@@ -175,7 +176,7 @@ def test_model_contract(name, described):
     embedding = model.get_layer(EMBEDDING_LAYER)
     dim = described[name]["embedding_dim"]
     assert tuple(embedding.output.shape) == (None, dim)
-    features = keras.Model(model.inputs, embedding.output)(batch, training=False)
+    features = keras.Model(model.input, embedding.output)(batch, training=False)
     assert tuple(features.shape) == (2, dim)
 
     for layer in _all_layers(model):
@@ -268,13 +269,13 @@ def test_transfer_skips_resize_and_gray_for_rgb_at_backbone_size():
 
 def test_caffe_preprocessing_matches_keras_applications():
     model = build_model("vgg16", input_shape=(32, 32, 1))  # no resize: 32 == backbone_size
-    pre = keras.Model(model.inputs, model.get_layer("caffe_preprocess").output)
+    pre = keras.Model(model.input, model.get_layer("caffe_preprocess").output)
     x = _random_batch((32, 32, 1), seed=3)
     expected = keras.applications.vgg16.preprocess_input(np.repeat(x, 3, axis=-1) * 255.0)
     np.testing.assert_allclose(np.asarray(pre(x)), expected, rtol=1e-5, atol=1e-3)
 
     rgb = build_model("resnet50", input_shape=(32, 32, 3))
-    pre = keras.Model(rgb.inputs, rgb.get_layer("caffe_preprocess").output)
+    pre = keras.Model(rgb.input, rgb.get_layer("caffe_preprocess").output)
     x = _random_batch((32, 32, 3), seed=4)
     expected = keras.applications.resnet50.preprocess_input(x * 255.0)
     np.testing.assert_allclose(np.asarray(pre(x)), expected, rtol=1e-5, atol=1e-3)
@@ -282,7 +283,7 @@ def test_caffe_preprocessing_matches_keras_applications():
 
 def test_mobilenet_preprocessing_matches_keras_applications():
     model = _built("mobilenet_v2")
-    pre = keras.Model(model.inputs, model.get_layer("tf_preprocess").output)
+    pre = keras.Model(model.input, model.get_layer("tf_preprocess").output)
     x = _random_batch((28, 28, 1), seed=5)
     resized = keras.ops.image.resize(np.repeat(x, 3, axis=-1), (32, 32))
     expected = keras.applications.mobilenet_v2.preprocess_input(np.asarray(resized) * 255.0)
