@@ -109,8 +109,11 @@ def run_trial(params: dict, data_source: str = "") -> None:
     from .training import prepare_data, train
 
     setup_logging()
+    t0 = time.time()
     cfg = load_config(TrainConfig, values=params["trial"]["train"])
     data, _ = prepare_data(cfg, data_source or None)
+    log.info("trial %s/%s/%g: %d training and %d validation images loaded in %.1f s", cfg.architecture,
+             cfg.optimizer, cfg.learning_rate, len(data.train_y), len(data.val_y), time.time() - t0)
     with tempfile.TemporaryDirectory(prefix="vitrine-trial-") as work:
         checkpoint = ray_tune.get_checkpoint()
         if checkpoint is not None:

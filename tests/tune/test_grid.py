@@ -28,24 +28,30 @@ def test_trial_specs_cross_the_grid():
         trial_specs(GridConfig(architectures=("alexnet",)))
 
 
-def test_smoke_grid_exports_a_model_that_evaluate_reloads(ray_local, tiny_fashion_mnist, tmp_path):
-    cfg = load_grid_config(None, ["train.max_per_class=30"], storage=str(tmp_path), data=str(tiny_fashion_mnist),
-                           smoke_test=True, architectures=["cnn_dropout_1", "seed_cnn"])
+def test_smoke_grid_on_object_storage_exports_a_model_that_evaluate_reloads(s3_bucket, ray_local, tiny_fashion_mnist):
+    """Data, Tune results, report and model all on a real S3-protocol server."""
+    data = storage.join(s3_bucket, "datasets", "fashion-mnist")
+    storage.upload_dir(tiny_fashion_mnist, data)
+    root = storage.join(s3_bucket, "vitrine")
+    cfg = load_grid_config(None, ["train.max_per_class=30"], storage=root, data=data, smoke_test=True,
+                           architectures=["cnn_dropout_1", "seed_cnn"], optimizers=["adam", "sgd"])
     result = run(cfg)
 
     assert len(result.leaderboard) == 2
-    assert {r["architecture"] for r in result.leaderboard} == {"cnn_dropout_1"}  # smoke keeps the first two trials
+    # --smoke-test keeps the first two trials of the 2 x 2 grid
+    assert {(r["architecture"], r["optimizer"]) for r in result.leaderboard} == {
+        ("cnn_dropout_1", "adam"), ("cnn_dropout_1", "sgd")}
     assert all(r["status"] == "done" and r["epochs_run"] == 1 for r in result.leaderboard)
     assert result.sum_trial_seconds > 0 and result.wall_time_s > 0
+    assert result.run_uri.startswith(root + "/tune/default-smoke/")
 
-    report = Path(result.report_uri)
-    text = (report / "report.md").read_text()
+    text = storage.read_text(storage.join(result.report_uri, "report.md"))
     assert "Leaderboard" in text and "confusion_matrix.png" in text
     for png in ("training_curves.png", "confusion_matrix.png", "per_class.png"):
-        assert (report / png).stat().st_size > 1000
+        assert storage.read_bytes(storage.join(result.report_uri, png))[:8] == b"\x89PNG\r\n\x1a\n"
 
-    models = model_artifact.models_root(str(tmp_path))
-    assert publish.latest_id(models) == Path(result.model_uri).name
+    models = model_artifact.models_root(root)
+    assert publish.latest_id(models) == result.model_uri.rsplit("/", 1)[1]
     card = model_artifact.read_card(models)
     assert card.architecture == "cnn_dropout_1" and card.embedding_layer == "embedding" and card.embedding_dim == 128
     assert card.test_metrics["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
@@ -54,7 +60,7 @@ def test_smoke_grid_exports_a_model_that_evaluate_reloads(ray_local, tiny_fashio
     summary = json.loads(storage.read_text(storage.join(result.run_uri, "grid_summary.json")))
     assert summary["model_uri"] == result.model_uri
 
-    evaluated = evaluate_model.run(models, str(tiny_fashion_mnist))
+    evaluated = evaluate_model.run(models, data)
     assert evaluated["reproduced"] is True
     assert evaluated["metrics"]["confusion_matrix"] == result.test_metrics["confusion_matrix"]
 
