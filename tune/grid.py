@@ -111,7 +111,7 @@ def run_trial(params: dict, data_source: str = "") -> None:
     setup_logging()
     t0 = time.time()
     cfg = load_config(TrainConfig, values=params["trial"]["train"])
-    data, _ = prepare_data(cfg, data_source or None)
+    data = prepare_data(cfg, data_source or None)
     log.info("trial %s/%s/%g: %d training and %d validation images loaded in %.1f s", cfg.architecture,
              cfg.optimizer, cfg.learning_rate, len(data.train_y), len(data.val_y), time.time() - t0)
     with tempfile.TemporaryDirectory(prefix="vitrine-trial-") as work:
@@ -242,17 +242,17 @@ def run(config: GridConfig) -> GridResult:
 def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str) -> tuple[dict, dict, str | None]:
     import keras
 
-    from .data import fashion_mnist
     from .evaluation import evaluate
-    from .training import preprocess_spec_for
+    from .training import prepare_data, preprocess_spec_for
 
     spec_trial = result.config["trial"]
     m = result.metrics
-    ds = fashion_mnist.load(config.data or None)
+    train_cfg = load_config(TrainConfig, values=spec_trial["train"])
+    ds = prepare_data(train_cfg, config.data or None)  # same seed, same splits as the trial
     with result.checkpoint.as_directory() as ckpt:
         model = keras.models.load_model(Path(ckpt) / BEST, compile=False)
     spec = preprocess_spec_for(model)
-    test_metrics = evaluate(model, spec, ds.test_images, ds.test_labels, ds.class_names)
+    test_metrics = evaluate(model, spec, ds.test_x, ds.test_y, ds.class_names)
     best = {"trial_id": m.get("trial_id"), "architecture": spec_trial["architecture"],
             "optimizer": spec_trial["optimizer"], "learning_rate": spec_trial["learning_rate"],
             "val_accuracy": m.get("best_val_accuracy"), "best_epoch": m.get("best_epoch"),
@@ -272,8 +272,7 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str) -> 
         training_config={**spec_trial["train"], "grid": config.name, "run_id": run_id,
                          "best_epoch": m.get("best_epoch")},
         test_metrics=test_metrics,
-        dataset={"name": "fashion-mnist", "source": ds.source, "sha256": ds.sha256, "split": "test",
-                 "validation_fraction": spec_trial["train"]["validation_fraction"]},
+        dataset={**ds.describe(), "seed": train_cfg.seed, "validation_fraction": train_cfg.validation_fraction},
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         framework={"keras": keras.__version__})
     uri = model_artifact.save(model, card, model_artifact.models_root(root))

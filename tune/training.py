@@ -21,7 +21,7 @@ import numpy as np
 
 from artifacts.preprocess import PreprocessSpec, arrays_to_model_input
 
-from .data import fashion_mnist
+from .data.splits import Splits, load_splits
 from .data.augment import AugmentConfig
 
 log = logging.getLogger("vitrine.train")
@@ -34,6 +34,7 @@ BEST, LAST, STATE = "best.keras", "last.keras", "state.json"
 class TrainConfig:
     architecture: str = "vitrine_cnn"
     model_options: dict = field(default_factory=dict)
+    dataset: str = "fashion-mnist"  # or image-folder (then --data is <root>/<category>/<image>)
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     momentum: float = 0.9  # SGD only
@@ -46,17 +47,6 @@ class TrainConfig:
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     threads: int = 0  # TensorFlow threads; 0 = the CPUs Ray gave this trial, else all
-
-
-@dataclass
-class TrainData:
-    train_x: np.ndarray  # uint8 pixels
-    train_y: np.ndarray
-    val_x: np.ndarray
-    val_y: np.ndarray
-    class_names: list[str]
-    sha256: dict[str, str] = field(default_factory=dict)
-    source: str = ""
 
 
 @dataclass
@@ -97,18 +87,18 @@ def _assigned_cpus() -> int:
     return 0
 
 
-def prepare_data(config: TrainConfig, source: str | None = None) -> tuple[TrainData, fashion_mnist.FashionMNIST]:
-    """Fashion-MNIST train split → seeded stratified train/validation split (optionally a
-    per-class subset); the test split stays untouched in the returned dataset."""
-    ds = fashion_mnist.load(source)
-    images, labels = ds.train_images, ds.train_labels
-    if config.max_per_class > 0:
-        keep = fashion_mnist.per_class_subset(labels, config.max_per_class, seed=config.seed)
-        images, labels = images[keep], labels[keep]
-    train_idx, val_idx = fashion_mnist.stratified_split(labels, config.validation_fraction, seed=config.seed)
-    data = TrainData(images[train_idx], labels[train_idx], images[val_idx], labels[val_idx],
-                     class_names=ds.class_names, sha256=ds.sha256, source=ds.source)
-    return data, ds
+def input_spec(config: TrainConfig) -> PreprocessSpec:
+    """The preprocessing a trial's model will declare, known before the model is built."""
+    from .models import get_model_info
+
+    shape = config.model_options.get("input_shape") or get_model_info(config.architecture).input_shape
+    return PreprocessSpec.for_input_shape(shape)
+
+
+def prepare_data(config: TrainConfig, source: str | None = None) -> Splits:
+    """The configured dataset's train / validation / test splits (seeded, stratified)."""
+    return load_splits(config.dataset, source, spec=input_spec(config), seed=config.seed,
+                       validation_fraction=config.validation_fraction, max_per_class=config.max_per_class)
 
 
 def make_optimizer(name: str, learning_rate, momentum: float = 0.9):
@@ -143,7 +133,7 @@ def _read_state(workdir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def train(config: TrainConfig, data: TrainData, *, workdir: str | Path,
+def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
           on_epoch: Callable[[dict, Path], None] | None = None, resume: bool = True) -> TrainOutcome:
     """Train one model; see the module docstring. ``on_epoch(metrics, workdir)`` runs after each
     epoch, once ``workdir`` holds that epoch's checkpoint files."""
@@ -215,7 +205,7 @@ def train(config: TrainConfig, data: TrainData, *, workdir: str | Path,
     remaining_patience_ok = not (0 < config.early_stopping_patience <= state["wait"])
     if state["epoch"] < config.epochs and remaining_patience_ok:
         model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=state["epoch"],
-                  callbacks=[Tracker()], verbose=0)
+                  callbacks=[Tracker()], verbose=0, shuffle=False)  # the dataset shuffles itself
     return TrainOutcome(history=state["history"], best_epoch=state["best_epoch"],
                         best_val_accuracy=state["best_val_accuracy"], epochs_run=state["epoch"],
                         seconds=time.time() - started, best_model_path=workdir / BEST,
