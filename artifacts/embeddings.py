@@ -89,3 +89,15 @@ def read_table(run_uri: str, columns: list[str] | None = None) -> pa.Table:
     if not storage.exists(storage.join(run_uri, DATA_DIR)):
         return embeddings_schema(manifest.embedding_dim).empty_table()
     return pq.read_table(path, filesystem=fs, columns=columns, schema=embeddings_schema(manifest.embedding_dim))
+
+
+def read_errors(run_uri: str) -> pa.Table:
+    """The items a complete run rejected, with the reason (ERRORS_SCHEMA)."""
+    import pyarrow.parquet as pq
+
+    run_uri = resolve_run(run_uri)
+    uri = storage.join(run_uri, ERRORS_DIR)
+    if not storage.exists(uri):
+        return ERRORS_SCHEMA.empty_table()
+    fs, path = storage.resolve(uri)
+    return pq.read_table(path, filesystem=fs, schema=ERRORS_SCHEMA)

@@ -1,0 +1,296 @@
+"""Catalogue sources: what the embedding job reads, as one table of items.
+
+Two layouts, local or ``s3://`` (see :mod:`artifacts.storage` for endpoints)::
+
+    <prefix>/<category>/<item_id>.<ext>          image folders, one per category
+    <prefix>/manifest.parquet | .csv | .jsonl    a manifest: item_id, image_uri, optional
+                                                 category, content_sha256 and any metadata
+
+A URI naming a manifest file, or a directory holding one, is read as a manifest (a relative
+``image_uri`` is resolved against the manifest's directory); any other directory as image
+folders. Either way :func:`list_catalogue` returns one row per item with at least ``item_id``,
+``image_uri`` (absolute), ``category`` and ``content_sha256`` (null where the source does not
+carry it), followed by the manifest's other columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import posixpath
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+
+from . import storage
+
+log = logging.getLogger("vitrine.catalogue")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+MANIFEST_FILE = "manifest.parquet"
+# Looked for, in this order, in a directory given as the catalogue.
+MANIFEST_NAMES = ("manifest.parquet", "manifest.csv", "manifest.jsonl", "manifest.ndjson", "manifest.json")
+MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson", ".json")
+CORE_COLUMNS = ("item_id", "image_uri", "category", "content_sha256")
+
+# Item ids name files (``<item_id>.<ext>``) and travel into URLs: no separators, no traversal.
+_ITEM_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-+=@~]{0,199}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class CatalogueError(ValueError):
+    """A catalogue cannot be used as given; the message names the source and what is wrong."""
+
+
+def check_item_id(item_id: str) -> str:
+    """Return ``item_id`` if it is safe as a file name and URL segment, else raise."""
+    if not isinstance(item_id, str) or not _ITEM_ID.match(item_id) or ".." in item_id:
+        raise CatalogueError(
+            f"invalid item id {item_id!r}: 1-200 of letters, digits and . _ - + = @ ~, "
+            "not starting with '.' or '-', no '/', '\\' or '..'")
+    return item_id
+
+
+def content_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def list_catalogue(uri: str) -> pa.Table:
+    """Every item of the catalogue at ``uri`` (manifest or image folders), checked.
+
+    Raises :class:`CatalogueError` for a missing or empty source, missing columns, invalid or
+    duplicate item ids, or a malformed ``content_sha256``. The table's schema metadata records
+    the source kind (``vitrine.kind``: ``manifest`` or ``folders``) and URI.
+    """
+    uri = str(uri).rstrip("/") if storage.is_remote(str(uri)) else str(uri)
+    manifest = find_manifest(uri)
+    if manifest:
+        table, kind, source = read_manifest(manifest), "manifest", manifest
+    elif storage.is_dir(uri):
+        table, kind, source = _list_folders(uri), "folders", uri
+    else:
+        raise CatalogueError(f"catalogue {uri} not found (expected a directory of category folders, "
+                             f"a directory with a manifest, or a manifest file)")
+    if table.num_rows == 0:
+        raise CatalogueError(f"catalogue {source} holds no items")
+    _check_ids(table, source)
+    return table.replace_schema_metadata({"vitrine.kind": kind, "vitrine.source": source})
+
+
+def find_manifest(uri: str) -> str | None:
+    """The manifest file ``uri`` names or holds, or None for an image-folder catalogue."""
+    if uri.lower().endswith(MANIFEST_SUFFIXES):
+        if not storage.exists(uri):
+            raise CatalogueError(f"catalogue manifest {uri} not found")
+        return uri
+    if not storage.is_dir(uri):
+        return None
+    names = set(storage.list_dir(uri))
+    for name in MANIFEST_NAMES:
+        if name in names:
+            return storage.join(uri, name)
+    return None
+
+
+def read_manifest(uri: str) -> pa.Table:
+    """A manifest file as a catalogue table (core columns first, relative URIs resolved)."""
+    raw = _read_manifest_file(uri)
+    missing = [c for c in ("item_id", "image_uri") if c not in raw.column_names]
+    if missing:
+        raise CatalogueError(f"manifest {uri} lacks column(s) {', '.join(missing)}; "
+                             f"it has {', '.join(raw.column_names) or 'none'}")
+    n = raw.num_rows
+    cols = {c: _as_string(raw.column(c), uri, c) if c in raw.column_names else pa.nulls(n, pa.string())
+            for c in CORE_COLUMNS}
+    for c in ("item_id", "image_uri"):
+        nulls = cols[c].null_count + (pc.sum(pc.fill_null(pc.equal(cols[c], ""), False)).as_py() or 0)
+        if nulls:
+            raise CatalogueError(f"manifest {uri}: {nulls} row(s) have an empty {c}")
+    base = _parent(uri)
+    cols["image_uri"] = pa.array([_resolve_image_uri(base, u) for u in cols["image_uri"].to_pylist()], pa.string())
+    cols["category"] = _empty_to_null(cols["category"])
+    cols["content_sha256"] = _check_hashes(_empty_to_null(cols["content_sha256"]), uri)
+    extra = [c for c in raw.column_names if c not in CORE_COLUMNS]
+    return pa.table({**cols, **{c: raw.column(c) for c in extra}})
+
+
+def _read_manifest_file(uri: str) -> pa.Table:
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    lower = uri.lower()
+    try:
+        if lower.endswith(".parquet"):
+            fs, path = storage.resolve(uri)
+            return pq.read_table(path, filesystem=fs)
+        data = storage.read_bytes(uri)
+        strings = {c: pa.string() for c in CORE_COLUMNS}
+        if lower.endswith(".csv"):
+            # Ids such as "000123" must stay strings, whatever the CSV reader would infer.
+            return pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(column_types=strings))
+        if data.lstrip()[:1] == b"[":  # a JSON array rather than JSON lines
+            import json
+
+            return pa.Table.from_pylist(json.loads(data))
+        return pajson.read_json(io.BytesIO(data))  # numeric ids become strings in read_manifest
+    except storage.StorageError as exc:
+        raise CatalogueError(f"cannot read manifest {uri}: {exc}") from exc
+    except (pa.ArrowInvalid, ValueError, OSError) as exc:
+        raise CatalogueError(f"manifest {uri} is not valid {lower.rsplit('.', 1)[-1]}: {exc}") from exc
+
+
+def _as_string(col: pa.ChunkedArray, uri: str, name: str) -> pa.ChunkedArray:
+    if pa.types.is_string(col.type):
+        return col
+    if pa.types.is_large_string(col.type) or pa.types.is_integer(col.type) or pa.types.is_null(col.type):
+        return col.cast(pa.string())
+    raise CatalogueError(f"manifest {uri}: column {name} should hold strings, not {col.type}")
+
+
+def _empty_to_null(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col) if len(col) else col
+
+
+def _check_hashes(col: pa.ChunkedArray, uri: str) -> pa.ChunkedArray:
+    col = pc.ascii_lower(col) if len(col) else col
+    for value in col.to_pylist():
+        if value is not None and not _SHA256.match(value):
+            raise CatalogueError(f"manifest {uri}: content_sha256 {value!r} is not 64 hex digits")
+    return col
+
+
+def _parent(uri: str) -> str:
+    if storage.is_remote(uri):
+        return posixpath.dirname(uri)
+    return os.path.dirname(os.path.abspath(uri))
+
+
+def _resolve_image_uri(base: str, image_uri: str) -> str:
+    if storage.is_remote(image_uri) or image_uri.startswith("file://"):
+        return image_uri
+    if storage.is_remote(base):
+        if image_uri.startswith("/"):
+            raise CatalogueError(f"image_uri {image_uri!r} is an absolute local path in a manifest on object storage")
+        scheme, rest = base.split("://", 1)
+        path = posixpath.normpath(posixpath.join(rest, image_uri))
+        if path.split("/", 1)[0] != rest.split("/", 1)[0]:
+            raise CatalogueError(f"image_uri {image_uri!r} leaves the bucket of the manifest at {base}")
+        return f"{scheme}://{path}"
+    return os.path.normpath(os.path.join(base, image_uri))
+
+
+def _list_folders(uri: str) -> pa.Table:
+    fs, root = storage.resolve(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except OSError as exc:
+        raise CatalogueError(f"cannot list catalogue {uri}: {exc}") from exc
+    prefix = root.rstrip("/") + "/"
+    rows: list[tuple[str, str, str]] = []
+    skipped = 0
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        rel = info.path[len(prefix):] if info.path.startswith(prefix) else info.path
+        parts = rel.split("/")
+        stem, ext = os.path.splitext(parts[-1])
+        if len(parts) != 2 or ext.lower() not in IMAGE_EXTENSIONS or any(p.startswith(".") for p in parts):
+            skipped += len(parts) != 1  # top-level files (a README, a manifest) are expected
+            continue
+        rows.append((stem, storage.join(uri, parts[0], parts[1]), parts[0]))
+    if skipped:
+        log.info("catalogue %s: ignored %d file(s) that are not <category>/<item_id>.<image ext>", uri, skipped)
+    rows.sort(key=lambda r: (r[2], r[0]))
+    return pa.table({
+        "item_id": pa.array([r[0] for r in rows], pa.string()),
+        "image_uri": pa.array([r[1] for r in rows], pa.string()),
+        "category": pa.array([r[2] for r in rows], pa.string()),
+        "content_sha256": pa.nulls(len(rows), pa.string()),
+    })
+
+
+def _check_ids(table: pa.Table, source: str) -> None:
+    ids = table.column("item_id").to_pylist()
+    for item_id in ids:
+        try:
+            check_item_id(item_id)
+        except CatalogueError as exc:
+            raise CatalogueError(f"catalogue {source}: {exc}") from None
+    if len(set(ids)) != len(ids):
+        dupes = [k for k, v in Counter(ids).items() if v > 1]
+        uris = table.column("image_uri").to_pylist()
+        examples = "; ".join(f"{d}: " + ", ".join(u for i, u in zip(ids, uris) if i == d) for d in dupes[:3])
+        raise CatalogueError(f"catalogue {source}: {len(dupes)} duplicate item id(s), e.g. {examples}")
+
+
+def read_many(uris: list[str], *, threads: int = 16) -> list[bytes | Exception]:
+    """The bytes of every URI, in order; a failure is returned in its slot, not raised.
+
+    Local files are read directly; object storage through one filesystem and a thread pool,
+    since each request mostly waits on the network.
+    """
+    if not uris:
+        return []
+    local = [not storage.is_remote(u) for u in uris]
+    fs = None if all(local) else storage.s3_filesystem()
+
+    def one(uri: str, is_local: bool) -> bytes | Exception:
+        try:
+            if is_local:
+                with open(storage.resolve(uri)[1], "rb") as f:
+                    return f.read()
+            with fs.open_input_stream(uri.split("://", 1)[1], compression=None) as f:
+                return f.read()
+        except Exception as exc:  # reported per item by the caller
+            return exc
+
+    if all(local) or threads <= 1 or len(uris) < 4:
+        return [one(u, is_local) for u, is_local in zip(uris, local)]
+    with ThreadPoolExecutor(max_workers=min(threads, len(uris))) as pool:
+        return list(pool.map(one, uris, local))
+
+
+def fill_hashes(table: pa.Table, *, threads: int = 16, chunk: int = 4096) -> tuple[pa.Table, list[dict]]:
+    """Compute ``content_sha256`` where the catalogue does not carry it, by reading the bytes.
+
+    Returns the table with hashes filled in, minus the items that could not be read, and those
+    items as ``{"item_id", "image_uri", "reason"}`` rows.
+    """
+    hashes = table.column("content_sha256").to_pylist()
+    todo = [i for i, h in enumerate(hashes) if h is None]
+    if not todo:
+        return table, []
+    uris = table.column("image_uri").to_pylist()
+    ids = table.column("item_id").to_pylist()
+    failed: list[dict] = []
+    for start in range(0, len(todo), chunk):
+        idx = todo[start:start + chunk]
+        for i, data in zip(idx, read_many([uris[i] for i in idx], threads=threads)):
+            if isinstance(data, Exception):
+                failed.append({"item_id": ids[i], "image_uri": uris[i], "reason": f"cannot read image: {data}"})
+            else:
+                hashes[i] = content_sha256(data)
+    pos = table.schema.get_field_index("content_sha256")
+    out = table.set_column(pos, "content_sha256", pa.array(hashes, pa.string()))
+    if failed:
+        out = out.filter(pc.invert(pc.is_null(out.column("content_sha256"))))
+    return out, failed
+
+
+def write_manifest(table: pa.Table, uri: str) -> None:
+    """Write a manifest table as Parquet in one atomic object (local rename or one S3 PUT)."""
+    import pyarrow.parquet as pq
+
+    missing = [c for c in ("item_id", "image_uri") if c not in table.column_names]
+    if missing:
+        raise CatalogueError(f"a manifest needs column(s) {', '.join(missing)}")
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(uri, buf.getvalue())

@@ -1,0 +1,622 @@
+"""Embed a catalogue with Ray Data into Parquet, incrementally, and publish the run atomically.
+
+    vitrine embed --catalogue .vitrine/catalogues/fashion-mnist-train --model .vitrine/models
+    vitrine embed --catalogue s3://bucket/catalogues/shop --model s3://bucket/vitrine/models \\
+        --out s3://bucket/vitrine --address auto --set max_actors=8 --set gpus_per_actor=0.5
+    vitrine embed --catalogue ... --full                  # ignore the previous run, embed everything
+    vitrine embed --catalogue ... --run-id nightly-20261128 --config embed.yaml
+    vitrine embed --catalogue ... --smoke-test            # 64 items through the whole Ray Data path
+    ray job submit --working-dir . -- python -m jobs.embed_catalogue --catalogue s3://... \\
+        --model s3://bucket/vitrine/models --out s3://bucket/vitrine
+
+``--model`` is a model directory or a models/ directory with LATEST (default ``<out>/models``);
+``--out`` is the storage root (default ``--storage``, ``$VITRINE_STORAGE`` or ``./.vitrine``).
+Flags override the YAML; ``--set key=value`` overrides anything (keys: the fields of
+:class:`EmbedConfig`).
+
+A run writes ``<out>/embeddings/<model_id>/<run_id>/`` (``data/``, ``errors/``, then
+``manifest.json``) and only then moves that model's ``LATEST``. Items whose content hash is the
+same as in the LATEST run of the same model are copied over without being read, decoded or
+embedded; new and changed items go through Ray Data (bytes → :mod:`artifacts.preprocess` in
+tasks → the model in an actor pool), or, when only a few are left
+(``local_max_items``), through the same code in this process, without starting actors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from artifacts.logs import setup_logging
+
+log = logging.getLogger("vitrine.embed")
+
+COUNT_KEYS = ("total", "new", "changed", "unchanged", "retried", "removed", "failed", "embedded")
+_ITEM_COLUMNS = ("item_id", "image_uri", "category", "content_sha256")
+# The storage settings Ray workers need to reach the same object store as this process.
+STORAGE_ENV_VARS = ("AWS_ENDPOINT_URL", "VITRINE_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                    "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    catalogue: str = ""  # image folders, a directory with a manifest, or a manifest file (local or s3://)
+    model: str = ""  # model directory or models/ directory with LATEST; default <out>/models
+    out: str = ""  # storage root; default $VITRINE_STORAGE or ./.vitrine
+    run_id: str = ""  # default: a new sortable id; an existing complete run is returned as is
+    full: bool = False  # embed everything, ignoring the previous run
+    limit: int = 0  # only the first N catalogue items; 0 = all
+    smoke_test: bool = False  # limit 64, always through the Ray Data actor pool
+    address: str = ""  # Ray cluster address; "" = the running Ray or a local one
+    num_cpus: int = 0  # local Ray only; 0 = all
+    batch_size: int = 1024  # rows per decode task and per model call
+    min_actors: int = 1
+    max_actors: int = 2
+    cpus_per_actor: float = 1.0  # also the TensorFlow thread count of each actor
+    gpus_per_actor: float = 0.0
+    decode_cpus: float = 1.0  # per decode task
+    io_threads: int = 16  # concurrent reads per task (object storage) and when hashing
+    # At most this many items to embed: run them here, without actors (TensorFlow start-up in a
+    # fresh actor costs seconds, more than a small incremental run). 0 = always the actor pool.
+    local_max_items: int = 256
+    max_failure_share: float = 0.05  # of the catalogue's items; above it the run fails unpublished
+    rows_per_file: int = 250_000
+    forward_storage_env: bool = True  # pass this process's AWS_* settings to the Ray workers
+
+
+@dataclass
+class EmbedResult:
+    run_id: str
+    run_uri: str
+    model_id: str
+    counts: dict
+    previous_run: str | None
+    published: bool
+    reused: bool  # the run was already complete and is returned as is
+    wall_time_s: float
+    errors_uri: str
+    timings: dict = field(default_factory=dict)
+
+
+class EmbedFailedError(RuntimeError):
+    """Too many items failed; the run was not published."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The two Ray Data stages. Plain functions of Arrow tables, so the in-process path and tests use
+# exactly the same code as the cluster.
+
+
+def decode_batch(batch, *, spec: dict, io_threads: int = 16):
+    """Catalogue rows → rows with model-ready ``pixels`` (flat fixed-size float32 lists) and an
+    ``error`` (null when the image is usable). Never raises for a bad image."""
+    import numpy as np
+    import pyarrow as pa
+
+    from artifacts import catalogue
+    from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_bytes
+
+    spec_ = PreprocessSpec.from_dict(spec)
+    size = spec_.height * spec_.width * spec_.channels
+    uris = batch.column("image_uri").to_pylist()
+    hashes = batch.column("content_sha256").to_pylist()
+    n = len(uris)
+    pixels = np.zeros((n, size), np.float32)
+    errors: list[str | None] = [None] * n
+    for i, data in enumerate(catalogue.read_many(uris, threads=io_threads)):
+        if isinstance(data, Exception):
+            errors[i] = f"cannot read image: {data}"
+            continue
+        digest = catalogue.content_sha256(data)
+        if hashes[i] is None:
+            hashes[i] = digest
+        elif hashes[i] != digest:
+            errors[i] = f"content_sha256 mismatch: the catalogue says {hashes[i]}, the file hashes to {digest}"
+            continue
+        try:
+            pixels[i] = preprocess_bytes(data, spec_).reshape(-1)
+        except ImageDecodeError as exc:
+            errors[i] = exc.reason
+        except Exception as exc:  # one odd image must not fail the batch
+            errors[i] = f"cannot preprocess image: {type(exc).__name__}: {exc}"
+    return pa.table({
+        "item_id": batch.column("item_id"),
+        "image_uri": batch.column("image_uri"),
+        "category": batch.column("category"),
+        "content_sha256": pa.array(hashes, pa.string()),
+        "pixels": pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), size),
+        "error": pa.array(errors, pa.string()),
+    })
+
+
+class Embedder:
+    """The model, loaded once per actor: decoded rows → L2-normalised embeddings, predicted
+    category and confidence (rows that arrive with an error pass through with it)."""
+
+    def __init__(self, model_uri: str, threads: int = 1):
+        setup_logging()
+        import tensorflow as tf
+
+        if threads > 0:
+            try:  # only possible before TensorFlow's runtime starts in this process
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError:
+                pass
+        from artifacts import model_artifact
+
+        loaded = model_artifact.load(model_uri)
+        self.card = loaded.card
+        self.model_id = loaded.card.model_id
+        self.dim = int(loaded.card.embedding_dim)
+        self.shape = tuple(loaded.card.preprocess_spec.input_shape)
+        self.class_names = list(loaded.card.class_names)
+        model = loaded.embedding_model()
+        # One trace for every batch size; ~2x faster than model.predict on small batches.
+        self._forward = tf.function(lambda x: model([x], training=False), reduce_retracing=True,
+                                    input_signature=[tf.TensorSpec((None, *self.shape), tf.float32)])
+        log.info("embedder ready: model %s (dim %d) from %s, %s TF threads", self.model_id, self.dim,
+                 model_uri, threads or "default")
+
+    def __call__(self, batch):
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from artifacts.embeddings import embeddings_schema
+
+        n = batch.num_rows
+        error = batch.column("error").combine_chunks()
+        ok = np.asarray(pc.is_null(error).to_numpy(zero_copy_only=False), dtype=bool)
+        errors = error.to_pylist()
+        emb = np.zeros((n, self.dim), np.float32)
+        predicted = [""] * n
+        confidence = np.zeros(n, np.float32)
+        if ok.any():
+            flat = batch.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            x = flat.reshape(n, *self.shape)[ok]
+            e, probs = (t.numpy() for t in self._forward(x))
+            norms = np.linalg.norm(e, axis=1, keepdims=True)
+            idx = np.flatnonzero(ok)
+            zero = norms[:, 0] <= 1e-12
+            emb[idx] = e / np.where(zero[:, None], 1.0, norms)
+            top = probs.argmax(axis=1)
+            confidence[idx] = probs[np.arange(len(top)), top]
+            for j, i in enumerate(idx):
+                if zero[j]:
+                    errors[i] = "the model's embedding of this image is all zeros (no features to compare)"
+                else:
+                    predicted[i] = self.class_names[int(top[j])]
+        now = np.datetime64(int(time.time() * 1000), "ms")
+        schema = embeddings_schema(self.dim)
+        return pa.table({
+            "item_id": batch.column("item_id"),
+            "category": batch.column("category"),
+            "image_uri": batch.column("image_uri"),
+            "content_sha256": batch.column("content_sha256"),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), self.dim),
+            "predicted_category": pa.array(predicted, pa.string()),
+            "confidence": pa.array(confidence),
+            "model_id": pa.array([self.model_id] * n, pa.string()),
+            "embedded_at": pa.array(np.full(n, now)).cast(schema.field("embedded_at").type),
+            "error": pa.array(errors, pa.string()),
+        })
+
+
+_LOCAL_EMBEDDER: dict[tuple[str, str], Embedder] = {}
+
+
+def _local_embedder(model_uri: str, model_id: str) -> Embedder:
+    """One Embedder per process for the in-process path: a scheduler or a benchmark that runs
+    several incremental jobs pays TensorFlow start-up and model loading once."""
+    key = (model_uri, model_id)
+    if key not in _LOCAL_EMBEDDER:
+        _LOCAL_EMBEDDER.clear()
+        _LOCAL_EMBEDDER[key] = Embedder(model_uri, threads=0)
+    return _LOCAL_EMBEDDER[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+
+
+def run(config: EmbedConfig) -> EmbedResult:
+    """Embed ``config.catalogue`` with ``config.model``; returns counts and where the run lives.
+
+    Raises :class:`EmbedFailedError` (and publishes nothing) when more than
+    ``max_failure_share`` of the catalogue's items could not be embedded.
+    """
+    import pyarrow as pa
+
+    from artifacts import catalogue, embeddings, model_artifact, publish, storage
+    from artifacts.configuration import to_dict
+    from artifacts.model_card import CARD_FILE
+
+    t0 = time.perf_counter()
+    timings: dict = {}
+    started_at = _now_iso()
+    if config.smoke_test:
+        config = dataclasses.replace(config, limit=config.limit or 64, local_max_items=0)
+    if not config.catalogue:
+        raise ValueError("no catalogue given (--catalogue URI)")
+    if not 0.0 <= config.max_failure_share <= 1.0:
+        raise ValueError(f"max_failure_share must be in [0, 1], got {config.max_failure_share}")
+    root = config.out or storage.default_root()
+    model_uri = publish.resolve(config.model or model_artifact.models_root(root), manifest_name=CARD_FILE)
+    card = model_artifact.read_card(model_uri)
+    runs_uri = embeddings.model_runs_uri(root, card.model_id)
+    run_id = publish.check_id(config.run_id) if config.run_id else publish.new_id("run")
+    run_uri = publish.artifact_uri(runs_uri, run_id)
+    errors_uri = storage.join(run_uri, embeddings.ERRORS_DIR)
+
+    if storage.exists(storage.join(run_uri, embeddings.MANIFEST)):
+        manifest = embeddings.read_manifest(run_uri)
+        published = _publish_if_newer(runs_uri, run_id, manifest)
+        log.info("run %s is already complete; returning it as is", run_uri)
+        return EmbedResult(run_id=run_id, run_uri=run_uri, model_id=manifest.model_id, counts=manifest.counts,
+                           previous_run=manifest.previous_run, published=published, reused=True,
+                           wall_time_s=time.perf_counter() - t0, errors_uri=errors_uri)
+    if storage.exists(run_uri):
+        log.warning("removing %s: an earlier attempt of run %s did not finish (no manifest)", run_uri, run_id)
+        storage.delete_dir(run_uri)
+
+    items = catalogue.list_catalogue(config.catalogue).select(list(_ITEM_COLUMNS))
+    if config.limit > 0:
+        items = items.slice(0, config.limit)
+    total = items.num_rows
+    timings["list_s"] = time.perf_counter() - t0
+
+    previous_run, previous, rejected = (None, None, set()) if config.full else _previous_run(runs_uri, card)
+    failed_early: list[dict] = []
+    if previous is not None and items.column("content_sha256").null_count:
+        # Without hashes in the catalogue, deciding what changed means reading every image once;
+        # cheap next to decoding and inference (sha256 runs at ~1 GB/s).
+        t = time.perf_counter()
+        items, failed_early = catalogue.fill_hashes(items, threads=config.io_threads)
+        timings["hash_s"] = time.perf_counter() - t
+    dim = int(card.embedding_dim)
+    plan = _plan(items, previous, embeddings.embeddings_schema(dim))
+    # What is not carried over is new (the previous run never saw it), changed (the previous run
+    # embedded other content under this id) or retried (the previous run rejected it: rejections
+    # may be transient, e.g. a read timeout, and cost one decode to confirm).
+    prev_ids = set(previous.column("item_id").to_pylist()) if previous is not None else set()
+    counts = {"total": total, "new": 0, "changed": 0, "unchanged": plan.carried.num_rows, "removed": plan.removed,
+              "retried": 0}
+    for item_id in plan.todo.column("item_id").to_pylist() + [f["item_id"] for f in failed_early]:
+        counts["changed" if item_id in prev_ids else "retried" if item_id in rejected else "new"] += 1
+    log.info("catalogue %s: %d items; model %s; previous run %s: %d unchanged (carried over), %d new, "
+             "%d changed, %d retried, %d removed", config.catalogue, total, card.model_id, previous_run or "none",
+             counts["unchanged"], counts["new"], counts["changed"], counts["retried"], counts["removed"])
+
+    writer = _RunWriter(run_uri, dim, config.rows_per_file)
+    writer.write(plan.carried)
+    error_tables = [pa.Table.from_pylist(failed_early, schema=embeddings.ERRORS_SCHEMA)] if failed_early else []
+    todo = plan.todo
+    t = time.perf_counter()
+    if todo.num_rows:
+        if todo.num_rows <= config.local_max_items:
+            batches = _embed_here(todo, model_uri, card, config)
+            timings["mode"] = "in-process"
+        else:
+            batches = _embed_with_ray_data(todo, model_uri, card, config)
+            timings["mode"] = "ray-data"
+        progress = _Progress(todo.num_rows)
+        for batch in batches:
+            ok, bad = _split(batch, dim)
+            writer.write(ok)
+            if bad.num_rows:
+                error_tables.append(bad)
+            progress.update(ok.num_rows, bad.num_rows)
+        progress.done()
+    timings["embed_s"] = time.perf_counter() - t
+    writer.close()
+    errors = pa.concat_tables(error_tables) if error_tables else embeddings.ERRORS_SCHEMA.empty_table()
+    _write_parquet(errors, storage.join(errors_uri, "part-00000.parquet"))
+    counts["failed"] = errors.num_rows
+    counts["embedded"] = writer.rows - plan.carried.num_rows
+    if writer.rows + errors.num_rows != total:
+        raise RuntimeError(f"internal error: {writer.rows} rows written + {errors.num_rows} errors != {total} items")
+
+    if total and counts["failed"] / total > config.max_failure_share:
+        reasons = _top_reasons(errors)
+        raise EmbedFailedError(
+            f"{counts['failed']} of {total} items ({counts['failed'] / total:.1%}) could not be embedded, more than "
+            f"max_failure_share={config.max_failure_share:.1%}; run {run_id} was NOT published "
+            f"(LATEST unchanged). Most common reasons: {reasons}. All rejected items: {errors_uri}")
+
+    manifest = embeddings.RunManifest(
+        run_id=run_id, model_id=card.model_id, catalogue=config.catalogue, embedding_dim=dim, counts=counts,
+        previous_run=previous_run, started_at=started_at, finished_at=_now_iso(),
+        config={**to_dict(config), "model": model_uri, "out": root})
+    storage.write_text(storage.join(run_uri, embeddings.MANIFEST), manifest.to_json())
+    publish.publish(runs_uri, run_id, manifest_name=embeddings.MANIFEST)
+    wall = time.perf_counter() - t0
+    timings["wall_s"] = wall
+    log.info("published %s in %.1f s: %s", run_uri, wall, ", ".join(f"{k} {counts[k]}" for k in COUNT_KEYS))
+    return EmbedResult(run_id=run_id, run_uri=run_uri, model_id=card.model_id, counts=counts,
+                       previous_run=previous_run, published=True, reused=False, wall_time_s=wall,
+                       errors_uri=errors_uri, timings=timings)
+
+
+@dataclass
+class _Plan:
+    todo: object  # pa.Table: catalogue rows to embed
+    carried: object  # pa.Table: previous rows kept, in the embeddings schema
+    removed: int  # previous rows whose item is gone from the catalogue
+
+
+def _plan(items, previous, schema) -> _Plan:
+    """Split the catalogue against the previous run: same item id and same content hash → carry
+    the previous row over (with the catalogue's current category and URI); otherwise embed."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if previous is None or previous.num_rows == 0:
+        return _Plan(todo=items, carried=schema.empty_table(), removed=0)
+    pos = pc.index_in(items.column("item_id"), value_set=previous.column("item_id"))
+    same = pc.fill_null(pc.equal(items.column("content_sha256"), pc.take(previous.column("content_sha256"), pos)),
+                        False)
+    carried = previous.take(pc.filter(pos, same))
+    current = items.filter(same)
+    for name in ("category", "image_uri"):
+        i = carried.schema.get_field_index(name)
+        carried = carried.set_column(i, carried.schema.field(name), current.column(name))
+    kept = pc.is_in(previous.column("item_id"), value_set=items.column("item_id"))
+    removed = previous.num_rows - (pc.sum(kept.cast(pa.int64())).as_py() or 0)
+    return _Plan(todo=items.filter(pc.invert(same)), carried=carried, removed=removed)
+
+
+def _previous_run(runs_uri: str, card):
+    """(run_id, embeddings table, rejected item ids) of the model's LATEST run, or
+    (None, None, empty set) when there is none."""
+    from artifacts import embeddings, publish
+
+    try:
+        run_id = publish.latest_id(runs_uri)
+    except publish.NotPublishedError:
+        return None, None, set()
+    uri = publish.artifact_uri(runs_uri, run_id)
+    manifest = embeddings.read_manifest(uri)
+    if manifest.model_id != card.model_id or manifest.embedding_dim != card.embedding_dim:
+        log.warning("LATEST run %s was made by %s (dim %d), not %s (dim %d): embedding everything",
+                    run_id, manifest.model_id, manifest.embedding_dim, card.model_id, card.embedding_dim)
+        return None, None, set()
+    rejected = set(embeddings.read_errors(uri).column("item_id").to_pylist())
+    return run_id, embeddings.read_table(uri), rejected
+
+
+def _embed_here(todo, model_uri: str, card, config: EmbedConfig):
+    embedder = _local_embedder(model_uri, card.model_id)
+    spec = card.preprocess_spec.to_dict()
+    for start in range(0, todo.num_rows, config.batch_size):
+        yield embedder(decode_batch(todo.slice(start, config.batch_size), spec=spec, io_threads=config.io_threads))
+
+
+def _embed_with_ray_data(todo, model_uri: str, card, config: EmbedConfig):
+    import ray
+
+    from artifacts import storage
+
+    _ensure_ray(config)
+    remote_args = {}
+    uses_s3 = storage.is_remote(model_uri) or any(storage.is_remote(u) for u in todo.column("image_uri").to_pylist()[:1000])
+    env = {k: os.environ[k] for k in STORAGE_ENV_VARS if os.environ.get(k)}
+    if uses_s3 and env and config.forward_storage_env:
+        # Workers get the environment Ray started with, not this process's current one.
+        remote_args["runtime_env"] = {"env_vars": env}
+    bs = config.batch_size
+    ds = ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
+    ds = ds.map_batches(decode_batch, fn_kwargs={"spec": card.preprocess_spec.to_dict(), "io_threads": config.io_threads},
+                        batch_size=bs, batch_format="pyarrow", zero_copy_batch=True, num_cpus=config.decode_cpus,
+                        **remote_args)
+    ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model_uri": model_uri,
+                                                         "threads": max(1, int(config.cpus_per_actor))},
+                        batch_size=bs, batch_format="pyarrow", zero_copy_batch=True,
+                        compute=ray.data.ActorPoolStrategy(min_size=config.min_actors,
+                                                           max_size=max(config.min_actors, config.max_actors)),
+                        num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None, **remote_args)
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
+
+
+def _ensure_ray(config: EmbedConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if config.address:
+        ray.init(address=config.address)
+    else:
+        ray.init(num_cpus=config.num_cpus or None, include_dashboard=False)
+
+
+def _split(batch, dim: int):
+    """An embedder output batch → (rows in the embeddings schema, rows for the errors table)."""
+    import pyarrow.compute as pc
+
+    from artifacts.embeddings import ERRORS_SCHEMA, embeddings_schema
+
+    schema = embeddings_schema(dim)
+    ok_mask = pc.is_null(batch.column("error"))
+    ok = batch.filter(ok_mask).select(schema.names).cast(schema)
+    bad = batch.filter(pc.invert(ok_mask)).select(["item_id", "image_uri", "error"])
+    return ok, bad.rename_columns(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA)
+
+
+class _RunWriter:
+    """Streams embedding rows into ``<run>/data/part-NNNNN.parquet`` with the exact schema."""
+
+    def __init__(self, run_uri: str, dim: int, rows_per_file: int):
+        from artifacts import embeddings, storage
+
+        self.data_uri = storage.join(run_uri, embeddings.DATA_DIR)
+        self.schema = embeddings.embeddings_schema(dim)
+        self.rows_per_file = max(1, rows_per_file)
+        self.rows = 0
+        self._part = 0
+        self._in_part = 0
+        self._writer = None
+        self._stream = None
+
+    def write(self, table) -> None:
+        if table is None or table.num_rows == 0:
+            return
+        table = table.select(self.schema.names).cast(self.schema)
+        while table.num_rows:
+            if self._writer is None:
+                self._open()
+            take = min(table.num_rows, self.rows_per_file - self._in_part)
+            self._writer.write_table(table.slice(0, take))
+            table = table.slice(take)
+            self._in_part += take
+            self.rows += take
+            if self._in_part >= self.rows_per_file:
+                self._close_part()
+
+    def _open(self) -> None:
+        import pyarrow.parquet as pq
+
+        from artifacts import storage
+
+        uri = storage.join(self.data_uri, f"part-{self._part:05d}.parquet")
+        fs, path = storage.resolve(uri)
+        if not storage.is_remote(uri):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._stream = fs.open_output_stream(path, compression=None)
+        self._writer = pq.ParquetWriter(self._stream, self.schema)
+
+    def _close_part(self) -> None:
+        self._writer.close()
+        self._stream.close()
+        self._writer = self._stream = None
+        self._part += 1
+        self._in_part = 0
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._close_part()
+        if self.rows == 0:  # an empty run still has a readable data table
+            self._open()
+            self._close_part()
+
+
+def _write_parquet(table, uri: str) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    from artifacts import storage
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(uri, buf.getvalue())
+
+
+class _Progress:
+    def __init__(self, total: int, every_s: float = 5.0):
+        self.total, self.every_s = total, every_s
+        self.ok = self.bad = 0
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, ok: int, bad: int) -> None:
+        self.ok += ok
+        self.bad += bad
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            done = self.ok + self.bad
+            log.info("embedded %d/%d (%d failed), %.0f items/s", done, self.total, self.bad,
+                     done / max(now - self.t0, 1e-9))
+
+    def done(self) -> None:
+        dt = time.perf_counter() - self.t0
+        log.info("embedded %d/%d (%d failed) in %.1f s, %.0f items/s", self.ok + self.bad, self.total, self.bad,
+                 dt, (self.ok + self.bad) / max(dt, 1e-9))
+
+
+def _top_reasons(errors, k: int = 3) -> str:
+    from collections import Counter
+
+    reasons = Counter(r.split(":", 1)[0] for r in errors.column("reason").to_pylist())
+    return "; ".join(f"{r} ({n})" for r, n in reasons.most_common(k)) or "none"
+
+
+def _publish_if_newer(runs_uri: str, run_id: str, manifest) -> bool:
+    """Re-running a complete run finishes a publication a crash interrupted, but never moves
+    LATEST back to an older run."""
+    from artifacts import embeddings, publish
+
+    try:
+        latest = publish.latest_id(runs_uri)
+    except publish.NotPublishedError:
+        latest = None
+    if latest == run_id:
+        return True
+    if latest is not None:
+        current = embeddings.read_manifest(publish.artifact_uri(runs_uri, latest))
+        if current.finished_at >= manifest.finished_at:
+            return False
+    publish.publish(runs_uri, run_id, manifest_name=embeddings.MANIFEST)
+    return True
+
+
+def _now_iso() -> str:
+    # Milliseconds: _publish_if_newer orders runs by it.
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="vitrine embed", description=__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--catalogue", help="catalogue URI: image folders, a directory with a manifest, or a manifest file")
+    p.add_argument("--model", help="model directory or models/ directory with LATEST (default <out>/models)")
+    p.add_argument("--out", help="storage root for embeddings/ (default --storage)")
+    p.add_argument("--storage", help="storage root URI (default $VITRINE_STORAGE or ./.vitrine)")
+    p.add_argument("--config", help="YAML file with EmbedConfig fields")
+    p.add_argument("--run-id", help="run id (default: a new one); an existing complete run is returned as is")
+    p.add_argument("--full", action="store_true", help="embed everything, ignoring the previous run")
+    p.add_argument("--limit", type=int, help="only the first N catalogue items")
+    p.add_argument("--smoke-test", action="store_true", help="64 items through the whole Ray Data path")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def load_embed_config(path: str | None = None, overrides=(), **flags) -> EmbedConfig:
+    from artifacts.configuration import load_config
+
+    return load_config(EmbedConfig, yaml_path=path, overrides=overrides, values=flags)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    config = load_embed_config(args.config, args.overrides, catalogue=args.catalogue, model=args.model,
+                               out=args.out or args.storage, run_id=args.run_id, full=args.full or None,
+                               limit=args.limit, smoke_test=args.smoke_test or None, address=args.address)
+    try:
+        result = run(config)
+    except EmbedFailedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+    else:
+        c = result.counts
+        print(f"run {result.run_id} ({'already complete' if result.reused else f'{result.wall_time_s:.1f} s'}): "
+              + ", ".join(f"{k} {c.get(k, 0)}" for k in COUNT_KEYS))
+        print(f"embeddings: {result.run_uri}")
+        if c.get("failed"):
+            print(f"rejected items: {result.errors_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Retrieval quality of a model + index: mAP and precision@10, with and without classify-then-filter.
+
+    vitrine evaluate-search                                   # LATEST model and LATEST index
+    vitrine evaluate-search --model .vitrine/models/<model_id> --index .vitrine/indexes --json
+    vitrine evaluate-search --model s3://bucket/vitrine/models --index s3://bucket/vitrine/indexes \\
+        --data s3://bucket/datasets/fashion-mnist --queries 1000
+    python -m jobs.evaluate_search --model ... --index ... --set threads=2
+
+Queries are the Fashion-MNIST TEST images, preprocessed with the model card's spec
+(:func:`artifacts.preprocess.arrays_to_model_input`), embedded with the model's ``embedding``
+layer and L2-normalised. The catalogue is what the index holds (the TRAIN images, embedded by
+the nightly job). A catalogue item is *relevant* to a query when its catalogue category is the
+query's true class (category strings are matched to the card's class names ignoring case and
+punctuation, so ``T-shirt/top`` and ``t-shirt_top`` agree).
+
+Metrics, over ``n`` queries (``--queries N``: a seeded random subset; default all 10,000):
+
+* **Ranking.** The catalogue sorted by descending cosine similarity (exact, numpy), ties broken
+  by the item's position in the index. Without filter the ranking holds every item.
+* **Classify-then-filter** (as the published visual-search system did): the ranking keeps only
+  the items whose category is the query's *predicted* class (arg-max of the model's output);
+  everything else is not retrieved.
+* **AP** of a query = (1/R) * sum over relevant retrieved items of precision at that item's rank,
+  where **R counts every relevant item in the catalogue**, retrieved or not. Relevant items the
+  filter removed count as never retrieved: they add nothing to the sum but stay in R. So a
+  misclassified query has AP = 0 with the filter; and since relevance here is "same class", a
+  correctly classified one has AP = 1 (every retrieved item is relevant): with the filter, mAP
+  equals the classifier's accuracy on the queries, which the result reports next to it.
+  Queries with R = 0 (their class is absent from the catalogue) are left out of the mean and
+  counted. **mAP** = mean AP.
+* **precision@10** = relevant items among the first 10 of the ranking / 10 (a filtered ranking
+  shorter than 10 counts the missing places as not relevant).
+* **HNSW**: the same queries through the index (unfiltered, and restricted to the predicted
+  class's category), giving the precision@10 users are served and recall@10 against the exact
+  top 10 (an item tied with the exact 10th counts as found).
+
+Cost: one chunked matrix product and one stable sort per query over the whole catalogue;
+10,000 x 60,000 takes about a minute on 2 CPUs (``threads`` = worker threads over chunks).
+Writes ``search_eval.md`` (a table for docs/RESULTS.md) and ``search_eval.json`` under ``out``
+(default ``<storage>/evaluations/search/<index_id>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from artifacts.logs import setup_logging
+
+log = logging.getLogger("vitrine.evaluate_search")
+
+
+@dataclass(frozen=True)
+class EvaluateSearchConfig:
+    model: str = ""  # model dir or models/ dir (LATEST); default <storage>/models
+    index: str = ""  # index dir or indexes/ dir (LATEST); default <storage>/indexes
+    data: str = ""  # Fashion-MNIST directory or s3:// prefix; default $FASHION_MNIST_DIR
+    storage: str = ""  # default $VITRINE_STORAGE or ./.vitrine
+    queries: int = 0  # 0 = the whole test split
+    k: int = 10
+    seed: int = 0
+    chunk: int = 128  # queries per exact-ranking chunk (memory ~ chunk x items x 13 bytes per thread)
+    threads: int = 0  # 0 = one per CPU
+    out: str = ""  # directory for search_eval.md/json; default <storage>/evaluations/search/<index_id>
+    allow_model_mismatch: bool = False  # evaluate even if the index was built from another model
+
+
+# ---------------------------------------------------------------- metrics
+def ranking_metrics(scores: np.ndarray, relevant: np.ndarray, *, k: int = 10,
+                    n_relevant: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``(average_precision, precision_at_k)`` per row.
+
+    ``scores`` ``(q, n)``: similarities of the retrieved items (the columns); ``relevant``
+    ``(q, n)`` bool. Ranking: descending score, ties by column. ``n_relevant`` ``(q,)``: the AP
+    denominator, all relevant items including ones not among the columns (default: the
+    relevant columns). AP is NaN where that is 0.
+    """
+    scores = np.asarray(scores)
+    relevant = np.asarray(relevant, dtype=bool)
+    q, n = scores.shape
+    if n_relevant is None:
+        n_relevant = relevant.sum(axis=1)
+    n_relevant = np.asarray(n_relevant, dtype=np.float64)
+    if n == 0:
+        ap = np.where(n_relevant > 0, 0.0, np.nan)
+        return ap, np.zeros(q)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    rel_sorted = np.take_along_axis(relevant, order, axis=1)
+    rows, cols = np.nonzero(rel_sorted)  # row-major: each row's hits in rank order
+    row_start = np.concatenate([[0], np.cumsum(rel_sorted.sum(axis=1))[:-1]])
+    hits_so_far = np.arange(len(rows)) - row_start[rows] + 1
+    sums = np.bincount(rows, weights=hits_so_far / (cols + 1.0), minlength=q)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(n_relevant > 0, sums / n_relevant, np.nan)
+    p_at_k = rel_sorted[:, :k].sum(axis=1) / float(k)
+    return ap, p_at_k
+
+
+def _norm_name(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", str(name).lower())
+
+
+def category_classes(categories: list[str], class_names: list[str]) -> dict[str, int]:
+    """Catalogue category → class index, matching names ignoring case and punctuation."""
+    exact = {c: i for i, c in enumerate(class_names)}
+    loose = {_norm_name(c): i for i, c in enumerate(class_names)}
+    return {c: exact.get(c, loose.get(_norm_name(c), -1)) for c in categories}
+
+
+# ---------------------------------------------------------------- the job
+def _embed(loaded, images: np.ndarray, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    from artifacts.hnsw_index import l2_normalise
+    from artifacts.preprocess import arrays_to_model_input
+
+    model = loaded.embedding_model()
+    spec = loaded.card.preprocess_spec
+    embs, probs = [], []
+    for start in range(0, len(images), 4096):
+        x = arrays_to_model_input(images[start:start + 4096], spec)
+        e, p = model.predict(x, batch_size=batch, verbose=0)
+        embs.append(np.asarray(e, np.float32).reshape(len(x), -1))
+        probs.append(np.asarray(p))
+    return l2_normalise(np.concatenate(embs)), np.concatenate(probs)
+
+
+def exact_metrics(queries: np.ndarray, labels: np.ndarray, predicted: np.ndarray, catalogue: np.ndarray,
+                  item_classes: np.ndarray, *, k: int = 10, chunk: int = 128, threads: int = 0) -> dict:
+    """Per-query exact AP and P@k, unfiltered and classify-then-filter, plus both exact top-k.
+
+    ``queries`` ``(q, d)`` and ``catalogue`` ``(n, d)`` unit vectors; ``labels``/``predicted``
+    the queries' true and predicted class indices; ``item_classes`` each item's class (-1 =
+    none). Returns arrays keyed ``ap``, ``p_at_k``, ``ap_filtered``, ``p_at_k_filtered``,
+    ``top`` and ``top_filtered`` (positions, -1 padded), ``top_sims`` and ``top_sims_filtered``.
+    """
+    from artifacts.hnsw_index import top_k
+
+    q = len(queries)
+    class_count = np.bincount(item_classes[item_classes >= 0], minlength=int(max(labels.max(initial=0),
+                                                                                    predicted.max(initial=0)) + 1))
+    n_relevant = class_count[labels]
+    members = {c: np.flatnonzero(item_classes == c) for c in np.unique(predicted)}
+    out = {name: np.full(q, np.nan) for name in ("ap", "p_at_k", "ap_filtered", "p_at_k_filtered")}
+    out.update({"top": np.full((q, k), -1, np.int64), "top_filtered": np.full((q, k), -1, np.int64),
+                "top_sims": np.full((q, k), -np.inf, np.float32), "top_sims_filtered": np.full((q, k), -np.inf, np.float32)})
+
+    def work(start: int) -> None:
+        sl = slice(start, min(start + chunk, q))
+        sims = queries[sl] @ catalogue.T
+        relevant = item_classes[None, :] == labels[sl, None]
+        out["ap"][sl], out["p_at_k"][sl] = ranking_metrics(sims, relevant, k=k, n_relevant=n_relevant[sl])
+        cols, vals = top_k(sims, k)
+        out["top"][sl, :cols.shape[1]], out["top_sims"][sl, :cols.shape[1]] = cols, vals
+        for c in np.unique(predicted[sl]):
+            rows = np.flatnonzero(predicted[sl] == c)
+            cols_c = members[c]
+            sub = sims[rows][:, cols_c]
+            ap, pk = ranking_metrics(sub, relevant[rows][:, cols_c], k=k, n_relevant=n_relevant[sl][rows])
+            idx = np.arange(sl.start, sl.stop)[rows]
+            out["ap_filtered"][idx], out["p_at_k_filtered"][idx] = ap, pk
+            tc, tv = top_k(sub, k)
+            out["top_filtered"][idx, :tc.shape[1]] = cols_c[tc]
+            out["top_sims_filtered"][idx, :tc.shape[1]] = tv
+
+    threads = threads or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # numpy sorts and BLAS release the GIL
+        list(pool.map(work, range(0, q, chunk)))
+    return out
+
+
+def run(config: EvaluateSearchConfig) -> dict:
+    """Evaluate; returns the result dict and writes ``search_eval.{md,json}`` under ``out``."""
+    from artifacts import model_artifact, storage
+    from artifacts.configuration import to_dict
+    from artifacts.hnsw_index import HnswIndex, recall_at_k
+    from tune.data import fashion_mnist
+
+    t0 = time.time()
+    root = config.storage or storage.default_root()
+    loaded = model_artifact.load(config.model or model_artifact.models_root(root))
+    card = loaded.card
+    index = HnswIndex.load(config.index or storage.join(root, "indexes"), expected_dim=card.embedding_dim)
+    manifest = index.manifest
+    if manifest.model_id and manifest.model_id != card.model_id and not config.allow_model_mismatch:
+        raise ValueError(f"index {manifest.index_id} was built from model {manifest.model_id}'s embeddings, not "
+                         f"{card.model_id}; pass the matching model (or --set allow_model_mismatch=true)")
+    mapping = category_classes(index.category_names, list(card.class_names))
+    unmapped = sorted(c for c, i in mapping.items() if i < 0)
+    if len(unmapped) == len(mapping):
+        raise ValueError(f"none of the index categories ({', '.join(index.category_names[:10])}) match the model's "
+                         f"classes ({', '.join(card.class_names)})")
+    if unmapped:
+        log.warning("index categories with no matching class (never relevant): %s", ", ".join(unmapped))
+    code_class = np.array([mapping[c] for c in index.category_names] + [-1], dtype=np.int64)
+    item_classes = code_class[index.category_codes]  # code -1 picks the trailing -1
+
+    ds = fashion_mnist.load(config.data or None)
+    picks = np.arange(len(ds.test_labels))
+    if config.queries and config.queries < len(picks):
+        picks = np.sort(np.random.default_rng(config.seed).choice(picks, size=config.queries, replace=False))
+    labels = ds.test_labels[picks].astype(np.int64)
+    if labels.size and labels.max() >= len(card.class_names):
+        raise ValueError(f"test labels go up to {labels.max()} but the model has {len(card.class_names)} classes")
+    t_embed = time.time()
+    queries, probs = _embed(loaded, ds.test_images[picks])
+    predicted = probs.argmax(axis=1).astype(np.int64)
+    t_exact = time.time()
+    log.info("embedded %d test queries in %.1f s; ranking %d catalogue items exactly", len(picks),
+             t_exact - t_embed, len(index))
+    k = config.k
+    ex = exact_metrics(queries, labels, predicted, index.vectors, item_classes, k=k, chunk=config.chunk,
+                       threads=config.threads)
+    t_hnsw = time.time()
+
+    # The served path: HNSW, unfiltered and restricted to the predicted class's category.
+    class_categories: dict[int, list[str]] = {}
+    for name, i in mapping.items():
+        if i >= 0:
+            class_categories.setdefault(i, []).append(name)
+    h_top, _ = index.search_positions(queries, k)
+    hf_top = np.full((len(queries), k), -1, np.int64)
+    for c in np.unique(predicted):
+        rows = np.flatnonzero(predicted == c)
+        if int(c) in class_categories:
+            hf_top[rows] = index.search_positions(queries[rows], k, class_categories[int(c)])[0]
+
+    def hnsw_stats(top: np.ndarray, exact_sims: np.ndarray) -> dict:
+        sims = np.einsum("qd,qkd->qk", queries, index.vectors[np.maximum(top, 0)])
+        rel = (top >= 0) & (item_classes[np.maximum(top, 0)] == labels[:, None])
+        return {"precision_at_k": float(rel.sum(axis=1).mean() / k), "recall_at_k": recall_at_k(top, exact_sims, sims)}
+
+    valid = ~np.isnan(ex["ap"])
+    result = {
+        "model_id": card.model_id, "model_uri": loaded.uri, "index_id": manifest.index_id,
+        "index_uri": getattr(index, "uri", ""), "index_model_id": manifest.model_id, "data_source": ds.source,
+        "queries": int(len(picks)), "catalogue_items": int(len(index)), "k": k,
+        "classification_accuracy": float((predicted == labels).mean()) if len(picks) else float("nan"),
+        "exact": {
+            "no_filter": {"map": float(np.nanmean(ex["ap"])) if valid.any() else float("nan"),
+                          "precision_at_k": float(ex["p_at_k"].mean())},
+            "classify_then_filter": {"map": float(np.nanmean(ex["ap_filtered"])) if valid.any() else float("nan"),
+                                     "precision_at_k": float(ex["p_at_k_filtered"].mean())},
+        },
+        "hnsw": {"no_filter": hnsw_stats(h_top, ex["top_sims"]),
+                 "classify_then_filter": hnsw_stats(hf_top, ex["top_sims_filtered"])},
+        "index_params": manifest.params,
+        "queries_without_relevant": int((~valid).sum()),
+        "unmapped_categories": unmapped,
+        "seconds": {"load_and_embed": round(t_exact - t0, 2), "exact": round(t_hnsw - t_exact, 2),
+                    "hnsw": round(time.time() - t_hnsw, 2), "total": round(time.time() - t0, 2)},
+        "config": to_dict(config),
+    }
+    out = config.out or storage.join(root, "evaluations", "search", manifest.index_id or "index")
+    result["markdown"] = markdown_table(result)
+    storage.write_text(storage.join(out, "search_eval.json"), json.dumps(result, indent=2, default=str) + "\n")
+    storage.write_text(storage.join(out, "search_eval.md"), result["markdown"])
+    result["out"] = out
+    log.info("search evaluation written to %s in %.1f s", out, time.time() - t0)
+    return result
+
+
+def markdown_table(r: dict) -> str:
+    """The result as a Markdown snippet for docs/RESULTS.md."""
+    k = r["k"]
+    lines = [
+        f"Visual search: model `{r['model_id']}`, index `{r['index_id']}` "
+        f"(M={r['index_params'].get('M')}, ef={r['index_params'].get('ef')}); {r['queries']:,} Fashion-MNIST test "
+        f"queries against {r['catalogue_items']:,} catalogue items; relevant = same class. "
+        f"Classifier accuracy on these queries: {r['classification_accuracy']:.4f}.",
+        "",
+        f"| Results | mAP (exact, full ranking) | precision@{k} (exact) | precision@{k} (HNSW) | HNSW recall@{k} vs exact |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, label in (("no_filter", "all categories"), ("classify_then_filter", "classify-then-filter (predicted class)")):
+        e, h = r["exact"][key], r["hnsw"][key]
+        lines.append(f"| {label} | {e['map']:.4f} | {e['precision_at_k']:.4f} | {h['precision_at_k']:.4f} | "
+                     f"{h['recall_at_k']:.4f} |")
+    lines += ["", "With classify-then-filter, relevant items outside the predicted class count as not retrieved "
+              "(AP denominator = all relevant items in the catalogue), so its mAP equals the classifier's accuracy "
+              "when relevance is the class.", ""]
+    return "\n".join(lines)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="vitrine evaluate-search", description=__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model dir or models/ dir with LATEST (default <storage>/models)")
+    p.add_argument("--index", help="index dir or indexes/ dir with LATEST (default <storage>/indexes)")
+    p.add_argument("--data", help="Fashion-MNIST directory or s3:// prefix (default $FASHION_MNIST_DIR)")
+    p.add_argument("--storage", help="storage root URI (default $VITRINE_STORAGE or ./.vitrine)")
+    p.add_argument("--queries", type=int, help="number of test queries, a seeded random subset (default all)")
+    p.add_argument("--out", help="directory for search_eval.md / search_eval.json")
+    p.add_argument("--config", help="YAML file with EvaluateSearchConfig keys")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from artifacts.configuration import load_config
+
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    values = {"model": args.model, "index": args.index, "data": args.data, "storage": args.storage,
+              "queries": args.queries, "out": args.out}
+    result = run(load_config(EvaluateSearchConfig, yaml_path=args.config, overrides=args.overrides, values=values))
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2, default=str))
+    else:
+        print(result["markdown"])
+        print(f"written to {result['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

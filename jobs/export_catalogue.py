@@ -1,0 +1,248 @@
+"""Write Fashion-MNIST as an image catalogue: PNG files in category folders plus a manifest.
+
+    vitrine export-catalogue --dataset fashion-mnist --split train --out .vitrine/catalogues/fashion-mnist-train \\
+        --data ../shared/datasets/fashion-mnist
+    vitrine export-catalogue --split test --out s3://bucket/catalogues/fashion-mnist-test --limit 1000
+    python -m jobs.export_catalogue --split train --out /tmp/catalogue --data ../shared/datasets/fashion-mnist
+
+Layout: ``<out>/<category-slug>/<split>-<index:06d>.png`` (``t-shirt-top/train-000123.png``) and
+``<out>/manifest.parquet`` (item_id, image_uri relative to ``<out>``, category = the class name,
+label, content_sha256), written last. ``--out`` defaults to
+``<storage>/catalogues/fashion-mnist-<split>``. Re-running is idempotent: files whose bytes are
+already in place are not rewritten, and items a previous export listed but this one does not are
+removed, so the folders and the manifest always describe the same catalogue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from artifacts.logs import setup_logging
+
+log = logging.getLogger("vitrine.export")
+
+DATASETS = ("fashion-mnist",)
+SPLITS = ("train", "test")
+CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    dataset: str = "fashion-mnist"
+    split: str = "train"
+    out: str = ""  # default <storage>/catalogues/<dataset>-<split>
+    storage: str = ""  # default $VITRINE_STORAGE or ./.vitrine
+    data: str = ""  # Fashion-MNIST directory or s3:// prefix; default $FASHION_MNIST_DIR
+    limit: int = 0  # export the first N images only; 0 = all
+    workers: int = 0  # encode/write threads; 0 = 2 per CPU
+
+
+@dataclass
+class ExportResult:
+    out: str
+    manifest_uri: str
+    items: int
+    written: int  # image files (re)written by this run
+    unchanged: int  # already in place with the same bytes
+    removed: int  # listed by the previous manifest, not by this one
+    wall_time_s: float
+
+
+def category_slug(name: str) -> str:
+    """A class name as a folder name: ``"T-shirt/top"`` → ``"t-shirt-top"``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if not slug:
+        raise ValueError(f"class name {name!r} has no letters or digits to name a folder with")
+    return slug
+
+
+def encode_png(pixels) -> bytes:
+    """uint8 (H, W) → PNG bytes; deterministic, so re-exports hash the same."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run(config: ExportConfig) -> ExportResult:
+    """Export ``config.split`` of the dataset as a catalogue under ``config.out``."""
+    import numpy as np
+    import pyarrow as pa
+
+    from artifacts import catalogue, storage
+    from tune.data import fashion_mnist
+
+    if config.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; valid: {', '.join(DATASETS)}")
+    if config.split not in SPLITS:
+        raise ValueError(f"unknown split {config.split!r}; valid: {', '.join(SPLITS)}")
+    start = time.perf_counter()
+    out = config.out or storage.join(config.storage or storage.default_root(), "catalogues",
+                                     f"{config.dataset}-{config.split}")
+    data = fashion_mnist.load(config.data or None)
+    images = data.train_images if config.split == "train" else data.test_images
+    labels = data.train_labels if config.split == "train" else data.test_labels
+    n = min(config.limit, len(images)) if config.limit > 0 else len(images)
+    slugs = [category_slug(c) for c in data.class_names]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"class names {data.class_names} do not give distinct folder names")
+    ids = [f"{config.split}-{i:06d}" for i in range(n)]
+    rel = [f"{slugs[int(labels[i])]}/{ids[i]}.png" for i in range(n)]
+
+    manifest_uri = storage.join(out, catalogue.MANIFEST_FILE)
+    previous = _previous_export(manifest_uri)
+    existing = _existing_sizes(out)
+    sink = _Sink(out)
+    for slug in sorted({r.split("/", 1)[0] for r in rel}):
+        sink.make_dir(slug)
+
+    def export_chunk(lo: int) -> list[tuple[str, bool]]:
+        done = []
+        for i in range(lo, min(lo + CHUNK, n)):
+            png = encode_png(images[i])
+            digest = catalogue.content_sha256(png)
+            if previous.get(ids[i]) == (rel[i], digest) and existing.get(rel[i]) == len(png):
+                done.append((digest, False))
+            else:
+                sink.put(rel[i], png)
+                done.append((digest, True))
+        return done
+
+    workers = config.workers or 2 * (os.cpu_count() or 1)
+    hashes, written = [], 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for k, chunk in enumerate(pool.map(export_chunk, range(0, n, CHUNK))):
+            hashes.extend(h for h, _ in chunk)
+            written += sum(w for _, w in chunk)
+            if (k + 1) % 10 == 0:
+                log.info("exported %d/%d images", len(hashes), n)
+
+    table = pa.table({
+        "item_id": pa.array(ids, pa.string()),
+        "image_uri": pa.array(rel, pa.string()),
+        "category": pa.array([data.class_names[int(c)] for c in labels[:n]], pa.string()),
+        "label": pa.array(np.asarray(labels[:n], dtype=np.int64)),
+        "content_sha256": pa.array(hashes, pa.string()),
+    })
+    catalogue.write_manifest(table, manifest_uri)
+    # Only after the new manifest is in place: files the old one listed and this one does not.
+    stale = sorted({r for r, _ in previous.values()} - set(rel))
+    for r in stale:
+        sink.remove(r)
+    wall = time.perf_counter() - start
+    log.info("catalogue %s: %d items (%d written, %d unchanged, %d removed) in %.1f s",
+             out, n, written, n - written, len(stale), wall)
+    return ExportResult(out=out, manifest_uri=manifest_uri, items=n, written=written, unchanged=n - written,
+                        removed=len(stale), wall_time_s=wall)
+
+
+def _previous_export(manifest_uri: str) -> dict[str, tuple[str, str]]:
+    """item_id → (relative image_uri, content_sha256) from an earlier export, if any."""
+    import pyarrow.parquet as pq
+
+    from artifacts import storage
+
+    if not storage.exists(manifest_uri):
+        return {}
+    fs, path = storage.resolve(manifest_uri)
+    try:
+        t = pq.read_table(path, filesystem=fs, columns=["item_id", "image_uri", "content_sha256"])
+    except Exception as exc:  # an unreadable old manifest only costs us the rewrite
+        log.warning("ignoring unreadable previous manifest %s: %s", manifest_uri, exc)
+        return {}
+    return {i: (u, h) for i, u, h in zip(*(t.column(c).to_pylist() for c in t.column_names))
+            if u and "/" in u and not u.startswith(("/", "..")) and "://" not in u}
+
+
+def _existing_sizes(out: str) -> dict[str, int]:
+    """Relative path → size of every file already under ``out`` (one listing, not one stat per file)."""
+    import pyarrow.fs as pafs
+
+    from artifacts import storage
+
+    fs, root = storage.resolve(out)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    prefix = root.rstrip("/") + "/"
+    return {i.path[len(prefix):]: i.size for i in infos if i.type == pafs.FileType.File and i.path.startswith(prefix)}
+
+
+class _Sink:
+    """Writes many small files: plain files locally (temporary name + rename, no fsync per
+    file: the manifest, written last, is what makes an export complete), or S3 PUTs."""
+
+    def __init__(self, out: str):
+        from artifacts import storage
+
+        self.fs, self.root = storage.resolve(out)
+        self.local = not storage.is_remote(out)
+
+    def make_dir(self, rel: str) -> None:
+        if self.local:
+            os.makedirs(os.path.join(self.root, rel), exist_ok=True)
+
+    def put(self, rel: str, data: bytes) -> None:
+        if self.local:
+            path = os.path.join(self.root, rel)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            with self.fs.open_output_stream(f"{self.root}/{rel}", compression=None) as f:
+                f.write(data)
+
+    def remove(self, rel: str) -> None:
+        try:
+            if self.local:
+                os.remove(os.path.join(self.root, rel))
+            else:
+                self.fs.delete_file(f"{self.root}/{rel}")
+        except (FileNotFoundError, OSError):
+            pass
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="vitrine export-catalogue", description=__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    p.add_argument("--split", default="train", choices=SPLITS)
+    p.add_argument("--out", help="catalogue URI (default <storage>/catalogues/<dataset>-<split>)")
+    p.add_argument("--storage", help="storage root URI (default $VITRINE_STORAGE or ./.vitrine)")
+    p.add_argument("--data", help="Fashion-MNIST directory or s3:// prefix (default $FASHION_MNIST_DIR)")
+    p.add_argument("--limit", type=int, help="export only the first N images")
+    p.add_argument("--workers", type=int, help="encode/write threads (default 2 per CPU)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    from artifacts.configuration import load_config
+
+    config = load_config(ExportConfig, values={"dataset": args.dataset, "split": args.split, "out": args.out,
+                                               "storage": args.storage, "data": args.data, "limit": args.limit,
+                                               "workers": args.workers})
+    result = run(config)
+    if args.json:
+        print(json.dumps(result.__dict__, indent=2))
+    else:
+        print(f"catalogue {result.out}: {result.items} items ({result.written} written, {result.unchanged} unchanged, "
+              f"{result.removed} removed) in {result.wall_time_s:.1f} s")
+        print(f"manifest: {result.manifest_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""build-index: from an embeddings run to a published index, locally and on S3; failures keep LATEST."""
+
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from artifacts import embeddings, publish, storage
+from artifacts.configuration import load_config
+from artifacts.hnsw_index import MANIFEST, HnswIndex, IndexBuildError, l2_normalise
+from jobs import build_index
+from jobs.build_index import BuildIndexConfig
+
+DIM = 32
+
+
+def write_run(root: str, model_id: str, run_id: str, ids, cats, vectors, *, make_latest: bool = True) -> str:
+    """An embeddings run in the contract's layout: data/part-0.parquet, manifest.json last, LATEST."""
+    dim = vectors.shape[1]
+    n = len(ids)
+    table = pa.table({
+        "item_id": pa.array(ids, pa.string()),
+        "category": pa.array(cats, pa.string()),
+        "image_uri": pa.array([f"catalogue/{c}/{i}.png" for i, c in zip(ids, cats)], pa.string()),
+        "content_sha256": pa.array(["0" * 64] * n, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel(), pa.float32()), dim),
+        "predicted_category": pa.array(cats, pa.string()),
+        "confidence": pa.array(np.ones(n, np.float32)),
+        "model_id": pa.array([model_id] * n, pa.string()),
+        "embedded_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("ms", tz="UTC")),
+    }, schema=embeddings.embeddings_schema(dim))
+    runs = embeddings.model_runs_uri(root, model_id)
+    run_uri = publish.artifact_uri(runs, run_id)
+    fs, path = storage.resolve(storage.join(run_uri, embeddings.DATA_DIR, "part-0.parquet"))
+    if not storage.is_remote(run_uri):
+        import os
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(table, path, filesystem=fs)
+    manifest = embeddings.RunManifest(run_id=run_id, model_id=model_id, catalogue="catalogue", embedding_dim=dim,
+                                      counts={"total": n})
+    storage.write_text(storage.join(run_uri, embeddings.MANIFEST), manifest.to_json())
+    if make_latest:
+        publish.publish(runs, run_id, manifest_name=embeddings.MANIFEST)
+    return run_uri
+
+
+def synthetic(n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    cats = rng.integers(0, 10, n)
+    vectors = l2_normalise(rng.normal(size=(10, DIM))[cats] * 2 + rng.normal(size=(n, DIM)))
+    return [f"sku-{i}" for i in range(n)], [f"cat{c}" for c in cats], vectors
+
+
+@pytest.fixture
+def root(tmp_path):
+    ids, cats, vectors = synthetic()
+    root = str(tmp_path / "store")
+    write_run(root, "model-a", "run-1", ids, cats, vectors)
+    return root
+
+
+def cfg(**kw) -> BuildIndexConfig:
+    return load_config(BuildIndexConfig, values={"recall_queries": 300, **kw})
+
+
+def test_build_and_publish_locally(root):
+    result = build_index.run(cfg(embeddings=f"{root}/embeddings/model-a", out=root))
+    indexes = storage.join(root, "indexes")
+    assert result.published and publish.latest_id(indexes) == result.index_id
+    assert result.index_id.startswith("hnsw-model-a-") and result.items == 2000 and result.embedding_dim == DIM
+    assert result.recall_at_10 >= 0.99 and result.filtered_recall_at_10 >= 0.99
+    index = HnswIndex.load(indexes, expected_dim=DIM)
+    m = index.manifest
+    assert m.source_embeddings == f"{root}/embeddings/model-a/run-1" and m.embeddings_run_id == "run-1"
+    assert m.model_id == "model-a" and m.counts["items"] == 2000 and sum(m.counts["categories"].values()) == 2000
+    assert m.recall_at_10 == pytest.approx(result.recall_at_10, abs=1e-5) and m.recall["queries"] == 300
+    assert m.params["M"] == 16 and m.params["ef_construction"] == 200 and m.params["ef"] == 64
+    assert m.config["recall_queries"] == 300 and m.build_seconds > 0 and m.created_at.endswith("Z")
+    ids, cats, vectors = synthetic()
+    assert index.search(vectors[:1], k=1)[0][0].item_id == "sku-0"
+
+
+def test_default_embeddings_are_the_latest_models(root):
+    storage.write_text(f"{root}/models/model-a/model_card.json", "{}")
+    publish.publish(f"{root}/models", "model-a", manifest_name="model_card.json")
+    result = build_index.run(cfg(storage=root))
+    assert result.embeddings_run == f"{root}/embeddings/model-a/run-1"
+
+
+def test_build_on_s3(s3_bucket, tmp_path):
+    ids, cats, vectors = synthetic(n=600)
+    root = storage.join(s3_bucket, "vitrine")
+    run_uri = write_run(root, "model-a", "run-1", ids, cats, vectors)
+    result = build_index.run(cfg(embeddings=run_uri, out=root, M=8, ef=32))
+    assert publish.latest_id(f"{root}/indexes") == result.index_id
+    index = HnswIndex.load(f"{root}/indexes")
+    assert index.manifest.params["M"] == 8 and len(index) == 600
+    assert index.search(vectors[5:6], k=1, category=cats[5])[0][0].item_id == "sku-5"
+
+
+def test_failures_leave_latest_untouched(root, tmp_path, monkeypatch):
+    first = build_index.run(cfg(embeddings=f"{root}/embeddings/model-a", out=root))
+    indexes = storage.join(root, "indexes")
+    # An empty run, published as the model's LATEST.
+    write_run(root, "model-a", "run-2", [], [], np.zeros((0, DIM), np.float32))
+    with pytest.raises(IndexBuildError, match="holds no items"):
+        build_index.run(cfg(embeddings=f"{root}/embeddings/model-a", out=root))
+    assert publish.latest_id(indexes) == first.index_id
+    # A crash while writing the index files: the new directory has no manifest, LATEST stays.
+    monkeypatch.setattr(np, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        build_index.run(cfg(embeddings=f"{root}/embeddings/model-a/run-1", out=root))
+    monkeypatch.undo()
+    assert publish.latest_id(indexes) == first.index_id
+    partial = [d for d in storage.list_dir(indexes) if d not in (first.index_id, "LATEST")]
+    assert len(partial) == 1 and not storage.exists(storage.join(indexes, partial[0], MANIFEST))
+    # A recall below the guard.
+    with pytest.raises(IndexBuildError, match="below min_recall"):
+        build_index.run(cfg(embeddings=f"{root}/embeddings/model-a/run-1", out=root, min_recall=1.01))
+    assert publish.latest_id(indexes) == first.index_id
+
+
+def test_unnormalised_embeddings_are_refused(tmp_path):
+    ids, cats, vectors = synthetic(n=50)
+    root = str(tmp_path)
+    write_run(root, "model-b", "run-1", ids, cats, vectors * 3)
+    with pytest.raises(IndexBuildError, match="not L2-normalised"):
+        build_index.run(cfg(embeddings=f"{root}/embeddings/model-b", out=root))
+    assert not storage.exists(f"{root}/indexes/LATEST")
+
+
+def test_cli_yaml_set_and_smoke(root, tmp_path, capsys):
+    (tmp_path / "index.yaml").write_text("M: 12\nef: 40\n")
+    rc = build_index.main(["--embeddings", f"{root}/embeddings/model-a", "--out", root, "--config",
+                           str(tmp_path / "index.yaml"), "--set", "ef=48", "--recall-queries", "100", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["published"] and out["items"] == 2000
+    m = HnswIndex.load(out["index_uri"]).manifest
+    assert (m.params["M"], m.params["ef"], m.config["recall_queries"]) == (12, 48, 100)
+    rc = build_index.main(["--embeddings", f"{root}/embeddings/model-a", "--storage", root, "--smoke-test"])
+    assert rc == 0 and "LATEST unchanged" in capsys.readouterr().out
+    assert publish.latest_id(f"{root}/indexes") == out["index_id"]
+
+
+def test_compare_filters(root, capsys):
+    rc = build_index.main(["--embeddings", f"{root}/embeddings/model-a", "--recall-queries", "200",
+                           "--compare-filters", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0 and len(report["rows"]) == 6
+    assert {r["strategy"] for r in report["rows"]} == {"subindex", "callback", "overfetch"}
+    assert all(0.9 <= r["recall_at_k"] <= 1.0 for r in report["rows"] if r["case"] == "own category")
+    assert not storage.exists(f"{root}/indexes")

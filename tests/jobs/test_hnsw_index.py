@@ -1,0 +1,209 @@
+"""HnswIndex: recall against exact search, category filters, save/load locally and on S3."""
+
+import json
+
+import numpy as np
+import pytest
+
+from artifacts import publish, storage
+from artifacts.hnsw_index import (MANIFEST, HnswIndex, IndexBuildError, IndexLoadError, UnknownCategoryError,
+                                  l2_normalise, recall_at_k)
+
+N, DIM = 2000, 32
+# Sizes of the 10 categories; "c9" is small enough (< exact_below) to be searched exactly.
+SIZES = [300, 280, 260, 240, 220, 200, 180, 170, 110, 40]
+PARAMS = dict(M=16, ef_construction=200, ef=64, exact_below=64, seed=7, num_threads=2)
+
+
+def clustered(seed: int = 0):
+    """Ten categories, each a cloud of three sub-clusters, unit vectors in 32 dims."""
+    rng = np.random.default_rng(seed)
+    cats = np.repeat(np.arange(10), SIZES)
+    centres = rng.normal(size=(10, DIM)) * 1.5
+    sub = rng.normal(size=(10, 3, DIM))
+    vectors = centres[cats] + sub[cats, rng.integers(0, 3, N)] + 0.8 * rng.normal(size=(N, DIM))
+    perm = rng.permutation(N)
+    ids = [f"item-{i:05d}" for i in range(N)]
+    return ids, [f"c{c}" for c in cats[perm]], l2_normalise(vectors[perm])
+
+
+@pytest.fixture(scope="module")
+def data():
+    return clustered()
+
+
+@pytest.fixture(scope="module")
+def index(data):
+    ids, cats, vectors = data
+    return HnswIndex.build(ids, cats, vectors, **PARAMS)
+
+
+def perturbed(vectors, seed=1, scale=0.3):
+    rng = np.random.default_rng(seed)
+    return l2_normalise(vectors + scale * rng.normal(size=vectors.shape) / np.sqrt(vectors.shape[1]) * 3)
+
+
+def test_recall_at_10_against_exact(index, data):
+    assert index.measure_recall(k=10, sample=500) >= 0.99
+    queries = perturbed(data[2][:300])
+    assert index.measure_recall(queries, k=10) >= 0.99
+    assert index.measure_recall(k=10, sample=500, category="own") >= 0.99
+
+
+def test_every_item_finds_itself_first(index, data):
+    ids, cats, vectors = data
+    pos, sim = index.search_positions(vectors, 1)
+    assert (pos[:, 0] == np.arange(N)).all()
+    np.testing.assert_allclose(sim[:, 0], 1.0, atol=1e-5)
+    hits = index.search(vectors[:5], k=3)
+    for i, row in enumerate(hits):
+        assert row[0].item_id == ids[i] and row[0].category == cats[i]
+        assert abs(row[0].distance) < 1e-5 and abs(row[0].similarity - 1) < 1e-5
+        assert [h.similarity for h in row] == sorted((h.similarity for h in row), reverse=True)
+        for h in row:
+            assert h.distance == pytest.approx(1 - h.similarity, abs=1e-6)
+
+
+@pytest.mark.parametrize("category", ["c0", "c5", "c9", ["c2", "c9"], ["c1", "c3", "c8"]])
+def test_category_filter_returns_only_that_category_and_matches_exact(index, data, category):
+    allowed = {category} if isinstance(category, str) else set(category)
+    queries = perturbed(data[2][::10])
+    hits = index.search(queries, k=10, category=category)
+    exact = index.exact_search(queries, k=10, category=category)
+    assert all(len(row) == 10 and {h.category for h in row} <= allowed for row in hits)
+    assert all({h.category for h in row} <= allowed for row in exact)
+    overlap = np.mean([len({h.item_id for h in a} & {h.item_id for h in e}) / 10 for a, e in zip(hits, exact)])
+    assert overlap >= 0.99
+    top1 = np.mean([a[0].item_id == e[0].item_id for a, e in zip(hits, exact)])
+    assert top1 >= 0.99
+
+
+@pytest.mark.parametrize("strategy", ["callback", "overfetch"])
+def test_other_filter_strategies_are_correct_too(index, data, strategy):
+    queries = perturbed(data[2][::20])
+    pos, _ = index.search_positions(queries, 10, "c4", strategy=strategy)
+    assert (pos >= 0).all() and set(index.categories_of(pos.ravel())) == {"c4"}
+    assert index.measure_recall(queries, k=10, category="c4", strategy=strategy) >= 0.95
+
+
+def test_fewer_items_than_k_and_unknown_categories(data):
+    ids, cats, vectors = data
+    small = HnswIndex.build(ids[:30], ["a"] * 25 + ["b"] * 5, vectors[:30], M=8, ef_construction=50, ef=10,
+                            exact_below=0)
+    assert [len(r) for r in small.search(vectors[:2], k=10, category="b")] == [5, 5]
+    assert [len(r) for r in small.search(vectors[:2], k=50)] == [30, 30]
+    pos, sim = small.search_positions(vectors[:2], 10, "b")
+    assert (pos[:, 5:] == -1).all() and np.isneginf(sim[:, 5:]).all()
+    assert small.search(vectors[:1], category=[]) == small.exact_search(vectors[:1], category=[]) == [[]]
+    with pytest.raises(UnknownCategoryError, match="unknown category 'shoes'.*a, b"):
+        small.search(vectors[:1], category="shoes")
+    with pytest.raises(ValueError, match=r"shape \(n, 32\)"):
+        small.search(vectors[:1, :16])
+
+
+def test_uncategorised_items_are_found_unfiltered_only(data):
+    ids, cats, vectors = data
+    cats = [None if i % 4 == 0 else c for i, c in enumerate(cats[:400])]
+    idx = HnswIndex.build(ids[:400], cats, vectors[:400], M=16, ef_construction=100, ef=32)
+    assert idx.search(vectors[:1], k=1)[0][0] == (ids[0], None, pytest.approx(0, abs=1e-5), pytest.approx(1, abs=1e-5))
+    assert idx.search(vectors[:1], k=1, category=cats[1])[0][0].item_id != ids[0]
+
+
+def test_build_refuses_bad_input(data):
+    ids, cats, vectors = data
+    with pytest.raises(IndexBuildError, match="zero items"):
+        HnswIndex.build([], [], np.zeros((0, DIM), np.float32))
+    with pytest.raises(IndexBuildError, match="not L2-normalised.*item-00000"):
+        HnswIndex.build(ids[:10], cats[:10], vectors[:10] * 2)
+    with pytest.raises(IndexBuildError, match="duplicate item ids"):
+        HnswIndex.build(["a", "a"], ["x", "x"], vectors[:2])
+    bad = vectors[:3].copy()
+    bad[1, 0] = np.nan
+    with pytest.raises(IndexBuildError, match="NaN"):
+        HnswIndex.build(ids[:3], cats[:3], bad)
+    with pytest.raises(IndexBuildError, match=r"shape \(3, dim\)"):
+        HnswIndex.build(ids[:3], cats[:3], vectors[:4])
+
+
+def test_recall_at_k_hand_example():
+    exact_sims = np.array([[0.9, 0.8, 0.7], [0.5, 0.5, 0.4]], np.float32)
+    approx = np.array([[0, 1, 5], [7, 8, -1]])
+    approx_sims = np.array([[0.9, 0.8, 0.6], [0.5, 0.5, -np.inf]], np.float32)
+    # row 0: 2 of 3; row 1: a tie at the top counts, the missing third does not.
+    assert recall_at_k(approx, exact_sims, approx_sims) == pytest.approx((2 / 3 + 2 / 3) / 2)
+
+
+def test_thread_count_is_configurable(index, data):
+    queries = perturbed(data[2][:50])
+    before = index.search_positions(queries, 10)
+    index.set_num_threads(1)
+    try:
+        after = index.search_positions(queries, 10)
+    finally:
+        index.set_num_threads(PARAMS["num_threads"])
+    np.testing.assert_array_equal(before[0], after[0])
+
+
+def _roundtrip(index, data, uri):
+    manifest = index.save(uri, index_id="idx-1", model_id="m-1", source_embeddings="emb/run-1",
+                          embeddings_run_id="run-1", recall={"recall_at_10": 0.995}, config={"M": 16})
+    assert json.loads(storage.read_text(storage.join(uri, MANIFEST)))["counts"]["items"] == N
+    loaded = HnswIndex.load(uri, expected_dim=DIM, num_threads=1)
+    m = loaded.manifest
+    assert (m.index_id, m.model_id, m.embeddings_run_id, m.embedding_dim, m.recall_at_10) == ("idx-1", "m-1", "run-1", DIM, 0.995)
+    assert m.params["M"] == 16 and m.params["ef"] == 64 and m.build_seconds > 0 and m.created_at
+    assert m.counts["categories"] == {f"c{i}": s for i, s in enumerate(SIZES)} == loaded.category_counts()
+    assert set(m.files["categories"]) == {f"c{i}" for i in range(9)}  # c9 is below exact_below
+    queries = perturbed(data[2][:100])
+    for category in (None, "c3", "c9"):
+        assert loaded.search(queries, 10, category) == index.search(queries, 10, category)
+    assert manifest.to_json() == m.to_json()
+    return loaded
+
+
+def test_save_load_roundtrip_local(index, data, tmp_path):
+    _roundtrip(index, data, str(tmp_path / "indexes" / "idx-1"))
+    publish.publish(str(tmp_path / "indexes"), "idx-1", manifest_name=MANIFEST)
+    assert len(HnswIndex.load(str(tmp_path / "indexes"))) == N  # through LATEST
+
+
+def test_save_load_roundtrip_s3(index, data, s3_bucket):
+    uri = storage.join(s3_bucket, "vitrine", "indexes", "idx-1")
+    _roundtrip(index, data, uri)
+    assert "index.bin" in storage.list_dir(uri) and "categories" in storage.list_dir(uri)
+
+
+def test_load_checks_files_against_the_manifest(index, tmp_path):
+    uri = str(tmp_path / "idx")
+    index.save(uri, index_id="idx")
+    with pytest.raises(IndexLoadError, match="holds 32-dimensional vectors but the model produces 64"):
+        HnswIndex.load(uri, expected_dim=64)
+    manifest = json.loads((tmp_path / "idx" / MANIFEST).read_text())
+    manifest["counts"]["items"] = N + 1
+    (tmp_path / "idx" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(IndexLoadError, match=f"manifest says {N + 1} items"):
+        HnswIndex.load(uri)
+    manifest["counts"]["items"] = N
+    manifest["embedding_dim"] = 16
+    (tmp_path / "idx" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(IndexLoadError, match="dimension 16"):
+        HnswIndex.load(uri)
+    manifest["embedding_dim"] = DIM
+    (tmp_path / "idx" / MANIFEST).write_text(json.dumps(manifest))
+    (tmp_path / "idx" / "categories" / "3.bin").unlink()
+    with pytest.raises(IndexLoadError, match="incomplete: missing categories/3.bin"):
+        HnswIndex.load(uri)
+    with pytest.raises(IndexLoadError, match="no index at"):
+        HnswIndex.load(str(tmp_path / "nothing-here"))
+
+
+def test_manifest_is_written_last(index, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(str(tmp_path / "idx"), index_id="idx")
+    assert (tmp_path / "idx" / "index.bin").exists() and not (tmp_path / "idx" / MANIFEST).exists()
+    with pytest.raises(IndexLoadError):
+        HnswIndex.load(str(tmp_path / "idx"))
