@@ -55,6 +55,9 @@ class GridConfig:
     resume: bool = False
     smoke_test: bool = False
     export: bool = True
+    # Test accuracy of every trial's best checkpoint in the leaderboard (seconds per trial);
+    # model selection still uses validation accuracy only.
+    evaluate_all: bool = True
 
 
 @dataclass
@@ -176,7 +179,9 @@ def run(config: GridConfig) -> GridResult:
     st = _storage_args(kind_uri)
     experiment_path = run_uri if storage.is_remote(run_uri) else storage.resolve(run_uri)[1]
     started = time.time()
-    if config.resume and ray_tune.Tuner.can_restore(experiment_path, storage_filesystem=st.get("storage_filesystem")):
+    resumed = bool(config.resume and ray_tune.Tuner.can_restore(
+        experiment_path, storage_filesystem=st.get("storage_filesystem")))
+    if resumed:
         log.info("resuming grid %s from %s", config.name, run_uri)
         tuner = ray_tune.Tuner.restore(experiment_path, trainable, resume_errored=True,
                                        storage_filesystem=st.get("storage_filesystem"))
@@ -216,10 +221,14 @@ def run(config: GridConfig) -> GridResult:
         if result.checkpoint is not None and (m.get("best_val_accuracy") or -1) > best_acc:
             best_result, best_acc = result, m["best_val_accuracy"]
     leaderboard.sort(key=lambda r: -(r["val_accuracy"] if r["val_accuracy"] is not None else -1))
+    if config.evaluate_all:
+        _add_test_accuracy(config, results, leaderboard)
 
     best = test_metrics = model_uri = None
     notes = (f"Grid wall time {wall:.0f} s; sum of trial times {sum_trial:.0f} s; "
              f"ratio {wall / sum_trial:.2f}.\n" if sum_trial else "")
+    if resumed:
+        notes += "\nResumed run: the wall time covers this invocation only, trial times the whole run.\n"
     if best_result is not None:
         best, test_metrics, model_uri = _evaluate_and_export(config, best_result, root, run_id)
     with tempfile.TemporaryDirectory(prefix="vitrine-report-") as tmp:
@@ -235,8 +244,34 @@ def run(config: GridConfig) -> GridResult:
                         test_metrics=test_metrics, model_uri=model_uri, report_uri=report_uri,
                         wall_time_s=wall, sum_trial_seconds=sum_trial)
     storage.write_text(storage.join(run_uri, SUMMARY), json.dumps(
-        {**dataclasses.asdict(result), "config": to_dict(config)}, indent=2, default=str))
+        {**dataclasses.asdict(result), "resumed": resumed, "config": to_dict(config)}, indent=2, default=str))
     return result
+
+
+def _add_test_accuracy(config: GridConfig, results, leaderboard: list[dict]) -> None:
+    import keras
+
+    from .evaluation import evaluate
+    from .training import prepare_data, preprocess_spec_for
+
+    rows = {r["trial_id"]: r for r in leaderboard}
+    splits: dict[tuple, object] = {}  # trials usually share one dataset: read it once
+    for result in results:
+        m = result.metrics or {}
+        row = rows.get(m.get("trial_id") or Path(result.path).name)
+        if row is None or result.checkpoint is None:
+            continue
+        train_cfg = load_config(TrainConfig, values=result.config["trial"]["train"])
+        key = (train_cfg.dataset, train_cfg.seed, train_cfg.validation_fraction, train_cfg.max_per_class,
+               tuple(train_cfg.model_options.get("input_shape") or ()), train_cfg.architecture
+               if train_cfg.dataset == "image-folder" else "")
+        if key not in splits:
+            splits[key] = prepare_data(train_cfg, config.data or None)
+        ds = splits[key]
+        with result.checkpoint.as_directory() as ckpt:
+            model = keras.models.load_model(Path(ckpt) / BEST, compile=False)
+        row["test_accuracy"] = evaluate(model, preprocess_spec_for(model), ds.test_x, ds.test_y,
+                                        ds.class_names)["accuracy"]
 
 
 def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str) -> tuple[dict, dict, str | None]:

@@ -17,6 +17,7 @@ LEADERBOARD_COLUMNS = [
     "epochs_run",
     "val_accuracy",
     "val_loss",
+    "test_accuracy",  # filled when the grid evaluates every trial; ranking stays by validation
     "train_seconds",
     "status",
 ]
@@ -30,6 +31,7 @@ _HEADERS = {
     "epochs_run": "Epochs",
     "val_accuracy": "Val acc",
     "val_loss": "Val loss",
+    "test_accuracy": "Test acc",
     "train_seconds": "Train s",
     "status": "Status",
 }
@@ -79,7 +81,7 @@ def _fmt_cell(key: str, value) -> str:
     x = _num(value)
     if key == "learning_rate":
         return format_lr(value)
-    if x is not None and key == "val_accuracy":
+    if x is not None and key in ("val_accuracy", "test_accuracy"):
         return f"{100.0 * x:.2f}%"
     if x is not None and key == "val_loss":
         return f"{x:.4f}"

@@ -260,3 +260,24 @@ def test_folder_catalogue_model_and_embeddings_on_s3(s3_bucket, ray_local, tmp_p
     assert second.timings["mode"] == "in-process" and "hash_s" in second.timings
     assert (second.counts["changed"], second.counts["unchanged"], second.counts["new"]) == (1, 23, 0)
     assert second.previous_run == first.run_id and publish.latest_id(runs) == second.run_id
+
+
+def test_decode_batch_turns_every_bad_row_into_a_reason(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGBA", (300, 120), (200, 10, 10, 255)).save(good)  # any size and mode → the card's input
+    other = tmp_path / "other.png"
+    other.write_bytes(good.read_bytes())
+    rows = pa.table({
+        "item_id": ["a", "b", "c", "d"],
+        "image_uri": [str(good), str(other), str(tmp_path / "missing.png"), str(good)],
+        "category": ["x", None, None, None],
+        "content_sha256": [None, "0" * 64, None, catalogue.content_sha256(good.read_bytes())],
+    })
+    out = embed_catalogue.decode_batch(rows, spec=PreprocessSpec().to_dict())
+    errors = out.column("error").to_pylist()
+    assert errors[0] is None and errors[3] is None
+    assert errors[1].startswith("content_sha256 mismatch: the catalogue says 000") and "missing.png" in errors[2]
+    assert out.column("content_sha256").to_pylist()[0] == catalogue.content_sha256(good.read_bytes())
+    pixels = np.asarray(out.column("pixels").combine_chunks().flatten()).reshape(4, 28, 28, 1)
+    assert pixels.dtype == np.float32 and pixels[0].max() <= 1.0 and pixels[0].max() > 0
+    np.testing.assert_array_equal(pixels[1], 0)

@@ -42,6 +42,9 @@ def test_smoke_grid_on_object_storage_exports_a_model_that_evaluate_reloads(s3_b
     assert {(r["architecture"], r["optimizer"]) for r in result.leaderboard} == {
         ("cnn_dropout_1", "adam"), ("cnn_dropout_1", "sgd")}
     assert all(r["status"] == "done" and r["epochs_run"] == 1 for r in result.leaderboard)
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in result.leaderboard)  # every trial evaluated
+    best_row = next(r for r in result.leaderboard if r["trial_id"] == result.best["trial_id"])
+    assert best_row["test_accuracy"] == pytest.approx(result.test_metrics["accuracy"])
     assert result.sum_trial_seconds > 0 and result.wall_time_s > 0
     assert result.run_uri.startswith(root + "/tune/default-smoke/")
 

@@ -104,7 +104,7 @@ def test_full_report(tmp_path, trials, test_metrics):
     assert [r["trial_id"] for r in csv_rows] == ["t_best", "t_mid", "t_low"]
     assert list(csv_rows[0]) == [
         "trial_id", "architecture", "optimizer", "learning_rate", "batch_size", "epochs_run",
-        "val_accuracy", "val_loss", "train_seconds", "status",
+        "val_accuracy", "val_loss", "test_accuracy", "train_seconds", "status",
     ]
     assert float(csv_rows[0]["val_accuracy"]) == pytest.approx(0.9123)
 
