@@ -46,22 +46,35 @@ FORMAT_VERSION = 1
 SPACE = "ip"
 NORM_TOLERANCE = 1e-3
 
-# Category filtering, measured on 60,000 items x 128 dims in 10 categories (Fashion-MNIST-like
-# clusters), M=16, ef_construction=200, ef=64, 1,000 queries filtered to their own category, one
-# thread (`vitrine build-index --compare-filters`, numbers in jobs/build_index.py's docstring):
+# Category filtering: per-category sub-indexes, chosen by measurement. Fashion-MNIST train split
+# embedded by a trained vitrine_cnn (60,000 items x 256 dims, 10 categories of 6,000), M=16,
+# ef_construction=200, ef=64, one hnswlib thread, 2 CPUs; 1,000 catalogue queries; reproduce with
+# `vitrine build-index --embeddings <run> --compare-filters`:
 #
-#   strategy    recall@10 vs exact filtered   ms/query    extra build   extra memory
-#   subindex    ~0.999                        ~0.08       +~1x          +1 graph (~M*8 B/item)
-#   callback    ~0.999                        ~0.25       none          none
-#   overfetch   ~0.99 (drops for rare cats)   ~0.3-1.5    none          none
+#   filtered to          strategy    recall@10 vs exact   ms/query    queries/s, one query per call,
+#                                    filtered search      (batched)   1 thread -> 2 threads
+#   own category         subindex    0.9997               0.04        10,000 -> 17,400
+#   (classify-then-      callback    0.9997               0.12         2,000 ->  1,900
+#    filter)             overfetch   0.9999               0.16         3,000 ->  4,400
+#   another category     subindex    0.85                 0.03        11,700
+#   (far from the query) callback    0.90                 11              85
+#                        overfetch   0.95                 31              33
 #
-# Sub-indexes win: a filtered query costs what an unfiltered one costs on a smaller graph, and
-# needs no Python call per visited node (hnswlib's filter callback re-enters Python for every
-# candidate, and holds the GIL while doing it, which serialises concurrent queries in a replica).
-# Over-fetching needs k/fraction candidates for a category holding `fraction` of the items and
-# still misses neighbours of rare categories. Categories with at most `exact_below` items are
-# searched exactly with numpy instead: for them a matrix product is faster than graph search and
-# has no failure mode (hnswlib raises when it finds fewer than k neighbours).
+# Sub-indexes: a filtered query costs what an unfiltered one does, on a smaller graph, and scales
+# with threads. hnswlib's filter callback re-enters Python for every candidate it visits, holding
+# the GIL, so it is 3-5x slower and concurrent requests in a replica do not run in parallel; far
+# from the category it visits thousands of nodes (11 ms). Over-fetching needs k/fraction
+# candidates for a category holding `fraction` of the items and, far from the category, doubles
+# its way up towards the whole index (31 ms). The price of sub-indexes: a second copy of every
+# item's vector and links (index.bin 70 MB + categories/ 70 MB here) and about twice the build
+# time (global 6 s, with sub-indexes 12 s on 2 threads).
+# Far from the requested category (a photo of a shirt, "show me boots"), its items are all about
+# equally far and every strategy loses some neighbours to near-ties; sub-indexes reach 0.91-0.93 /
+# 0.95-0.97 / 0.97-0.99 at ef = 128 / 256 / 512 (0.06 / 0.11 / 0.19 ms), so raise `ef` if that
+# case matters. Categories with at most `exact_below` items (default 1,000) get no sub-index and
+# are searched exactly with numpy: one query against 500 items takes 0.05 ms exactly vs 0.04 ms
+# through a graph (2,000 items: 0.3 vs 0.05 ms), it is exact, and hnswlib raises when a small
+# graph yields fewer than k neighbours.
 FILTER_STRATEGIES = ("subindex", "callback", "overfetch")
 
 
@@ -102,7 +115,7 @@ class IndexManifest:
     recall: dict = field(default_factory=dict)  # how recall was measured, and filtered recall
     build_seconds: float = 0.0
     created_at: str = ""
-    files: dict = field(default_factory=dict)  # {"index": ..., "items": ..., "vectors": ..., "categories": {name: file}}
+    files: dict = field(default_factory=dict)  # index, items, vectors, categories: {name: file}
     config: dict = field(default_factory=dict)  # the resolved build config
     format_version: int = FORMAT_VERSION
 
@@ -223,6 +236,7 @@ class HnswIndex:
         bounds = np.searchsorted(self.category_codes[order], np.arange(len(names) + 1))
         self.category_members = {j: order[bounds[j]:bounds[j + 1]] for j in range(len(names))}
         self._sub = sub_indexes  # category code -> hnswlib index (large categories only)
+        self._blocks: dict[int, np.ndarray] = {}  # small categories' vectors, contiguous for exact search
         self.num_threads = num_threads
         self.build_seconds = float(self.params.get("build_seconds", 0.0))
         self.uri = ""  # where it was loaded from
@@ -230,7 +244,7 @@ class HnswIndex:
     # ---------------------------------------------------------------- build
     @classmethod
     def build(cls, item_ids: Sequence[str], categories: Sequence[str | None], vectors, *, M: int = 16,
-              ef_construction: int = 200, ef: int = 64, exact_below: int = 2000, seed: int = 100,
+              ef_construction: int = 200, ef: int = 64, exact_below: int = 1000, seed: int = 100,
               num_threads: int = 0) -> "HnswIndex":
         """Build from item ids, their categories (``None`` = none) and L2-normalised vectors.
 
@@ -371,7 +385,7 @@ class HnswIndex:
                 if j in self._sub:
                     parts.append(self._knn(self._sub[j], q, min(k, len(members)), k))
                 else:
-                    parts.append(self._exact(q, k, members))
+                    parts.append(self._exact(q, k, members, base=self._block(j)))
             return parts[0] if len(parts) == 1 else _merge(parts, k)
         allowed = np.zeros(len(self), dtype=bool)
         for j in codes:
@@ -390,9 +404,17 @@ class HnswIndex:
             [self.category_members[j] for j in codes] + [np.zeros(0, np.int64)]))
         return self._exact(q, int(k), members)
 
-    def _exact(self, q: np.ndarray, k: int, members: np.ndarray | None,
+    def _block(self, j: int) -> np.ndarray:
+        # Copied once, not per request; only categories without a sub-index (small ones) get here.
+        block = self._blocks.get(j)
+        if block is None:
+            block = self._blocks[j] = np.ascontiguousarray(self.vectors[self.category_members[j]])
+        return block
+
+    def _exact(self, q: np.ndarray, k: int, members: np.ndarray | None, *, base: np.ndarray | None = None,
                chunk_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
-        base = self.vectors if members is None else self.vectors[members]
+        if base is None:
+            base = self.vectors if members is None else self.vectors[members]
         rows = max(1, chunk_bytes // max(1, 4 * len(base)))
         pos_out, sim_out = [], []
         for start in range(0, len(q), rows):

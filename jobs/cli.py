@@ -23,6 +23,7 @@ COMMANDS = {
     "embed": ("jobs.embed_catalogue", "embed a catalogue with Ray Data into Parquet (incremental)"),
     "build-index": ("jobs.build_index", "build and publish the HNSW index of an embeddings run"),
     "evaluate-search": ("jobs.evaluate_search", "retrieval mAP / precision@10 and HNSW recall"),
+    "nightly": ("jobs.nightly", "the nightly pipeline: embed, build the index, evaluate retrieval"),
 }
 
 

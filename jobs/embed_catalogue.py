@@ -58,9 +58,13 @@ class EmbedConfig:
     batch_size: int = 1024  # rows per decode task and per model call
     min_actors: int = 1
     max_actors: int = 2
+    initial_actors: int = 0  # 0 = max_actors (capped by the number of batches): no slow ramp-up
     cpus_per_actor: float = 1.0  # also the TensorFlow thread count of each actor
     gpus_per_actor: float = 0.0
-    decode_cpus: float = 1.0  # per decode task
+    # Per decode task. Equal to cpus_per_actor and without GPUs, Ray fuses decoding into the actors
+    # (best on CPUs: no core sits reserved for an actor waiting on decoded batches); with GPU
+    # actors, or another value, decoding runs in separate CPU tasks that feed the actors.
+    decode_cpus: float = 1.0
     io_threads: int = 16  # concurrent reads per task (object storage) and when hashing
     # At most this many items to embed: run them here, without actors (TensorFlow start-up in a
     # fresh actor costs seconds, more than a small incremental run). 0 = always the actor pool.
@@ -161,6 +165,7 @@ class Embedder:
         # One trace for every batch size; ~2x faster than model.predict on small batches.
         self._forward = tf.function(lambda x: model([x], training=False), reduce_retracing=True,
                                     input_signature=[tf.TensorSpec((None, *self.shape), tf.float32)])
+        self._forward(tf.zeros((1, *self.shape), tf.float32))  # trace now, while decode tasks run
         log.info("embedder ready: model %s (dim %d) from %s, %s TF threads", self.model_id, self.dim,
                  model_uri, threads or "default")
 
@@ -411,15 +416,19 @@ def _embed_with_ray_data(todo, model_uri: str, card, config: EmbedConfig):
         # Workers get the environment Ray started with, not this process's current one.
         remote_args["runtime_env"] = {"env_vars": env}
     bs = config.batch_size
-    ds = ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
+    blocks = [todo.slice(i, bs) for i in range(0, todo.num_rows, bs)]
+    max_actors = max(1, config.min_actors, config.max_actors)
+    initial = min(config.initial_actors or max_actors, max_actors, len(blocks))
+    pool = ray.data.ActorPoolStrategy(min_size=max(1, min(config.min_actors, initial)), max_size=max_actors,
+                                      initial_size=initial)
+    ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(decode_batch, fn_kwargs={"spec": card.preprocess_spec.to_dict(), "io_threads": config.io_threads},
                         batch_size=bs, batch_format="pyarrow", zero_copy_batch=True, num_cpus=config.decode_cpus,
                         **remote_args)
     ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model_uri": model_uri,
                                                          "threads": max(1, int(config.cpus_per_actor))},
                         batch_size=bs, batch_format="pyarrow", zero_copy_batch=True,
-                        compute=ray.data.ActorPoolStrategy(min_size=config.min_actors,
-                                                           max_size=max(config.min_actors, config.max_actors)),
+                        compute=pool,
                         num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None, **remote_args)
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
 

@@ -150,8 +150,9 @@ def exact_metrics(queries: np.ndarray, labels: np.ndarray, predicted: np.ndarray
     n_relevant = class_count[labels]
     members = {c: np.flatnonzero(item_classes == c) for c in np.unique(predicted)}
     out = {name: np.full(q, np.nan) for name in ("ap", "p_at_k", "ap_filtered", "p_at_k_filtered")}
-    out.update({"top": np.full((q, k), -1, np.int64), "top_filtered": np.full((q, k), -1, np.int64),
-                "top_sims": np.full((q, k), -np.inf, np.float32), "top_sims_filtered": np.full((q, k), -np.inf, np.float32)})
+    for name in ("top", "top_filtered"):
+        out[name] = np.full((q, k), -1, np.int64)
+        out[name.replace("top", "top_sims")] = np.full((q, k), -np.inf, np.float32)
 
     def work(start: int) -> None:
         sl = slice(start, min(start + chunk, q))
@@ -277,10 +278,12 @@ def markdown_table(r: dict) -> str:
         f"queries against {r['catalogue_items']:,} catalogue items; relevant = same class. "
         f"Classifier accuracy on these queries: {r['classification_accuracy']:.4f}.",
         "",
-        f"| Results | mAP (exact, full ranking) | precision@{k} (exact) | precision@{k} (HNSW) | HNSW recall@{k} vs exact |",
+        f"| Results | mAP (exact, full ranking) | precision@{k} (exact) | precision@{k} (HNSW) "
+        f"| HNSW recall@{k} vs exact |",
         "|---|---:|---:|---:|---:|",
     ]
-    for key, label in (("no_filter", "all categories"), ("classify_then_filter", "classify-then-filter (predicted class)")):
+    for key, label in (("no_filter", "all categories"),
+                       ("classify_then_filter", "classify-then-filter (predicted class)")):
         e, h = r["exact"][key], r["hnsw"][key]
         lines.append(f"| {label} | {e['map']:.4f} | {e['precision_at_k']:.4f} | {h['precision_at_k']:.4f} | "
                      f"{h['recall_at_k']:.4f} |")

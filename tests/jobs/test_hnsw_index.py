@@ -150,7 +150,8 @@ def _roundtrip(index, data, uri):
     assert json.loads(storage.read_text(storage.join(uri, MANIFEST)))["counts"]["items"] == N
     loaded = HnswIndex.load(uri, expected_dim=DIM, num_threads=1)
     m = loaded.manifest
-    assert (m.index_id, m.model_id, m.embeddings_run_id, m.embedding_dim, m.recall_at_10) == ("idx-1", "m-1", "run-1", DIM, 0.995)
+    assert (m.index_id, m.model_id, m.embeddings_run_id, m.embedding_dim, m.recall_at_10) == (
+        "idx-1", "m-1", "run-1", DIM, 0.995)
     assert m.params["M"] == 16 and m.params["ef"] == 64 and m.build_seconds > 0 and m.created_at
     assert m.counts["categories"] == {f"c{i}": s for i, s in enumerate(SIZES)} == loaded.category_counts()
     assert set(m.files["categories"]) == {f"c{i}" for i in range(9)}  # c9 is below exact_below
