@@ -20,9 +20,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $@
 
-# Train the default grid, report it and export the best model.
+CATALOGUE ?= $(VITRINE_STORAGE)/catalogues/fashion-mnist-train
+
+# Train the default grid (report + exported model), export the demo catalogue, embed it,
+# build the HNSW index and measure retrieval.
 run: setup
 	$(BIN)/vitrine tune --grid tune/grids/default.yaml
+	$(BIN)/vitrine export-catalogue --dataset fashion-mnist --split train --out $(CATALOGUE)
+	$(BIN)/vitrine embed --catalogue $(CATALOGUE)
+	$(BIN)/vitrine build-index
+	$(BIN)/vitrine evaluate-search
 
 smoke: setup
 	$(BIN)/vitrine tune --grid tune/grids/default.yaml --smoke-test

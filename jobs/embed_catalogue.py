@@ -1,5 +1,6 @@
 """Embed a catalogue with Ray Data into Parquet, incrementally, and publish the run atomically.
 
+    vitrine embed                     # <storage>/catalogues/fashion-mnist-train with <storage>/models
     vitrine embed --catalogue .vitrine/catalogues/fashion-mnist-train --model .vitrine/models
     vitrine embed --catalogue s3://bucket/catalogues/shop --model s3://bucket/vitrine/models \\
         --out s3://bucket/vitrine --address auto --set max_actors=8 --set gpus_per_actor=0.5
@@ -9,7 +10,9 @@
     ray job submit --working-dir . -- python -m jobs.embed_catalogue --catalogue s3://... \\
         --model s3://bucket/vitrine/models --out s3://bucket/vitrine
 
-``--model`` is a model directory or a models/ directory with LATEST (default ``<out>/models``);
+``--catalogue`` defaults to ``<out>/catalogues/fashion-mnist-train`` (what ``vitrine
+export-catalogue`` writes by default); ``--model`` is a model directory or a models/ directory
+with LATEST (default ``<out>/models``);
 ``--out`` is the storage root (default ``--storage``, ``$VITRINE_STORAGE`` or ``./.vitrine``).
 Flags override the YAML; ``--set key=value`` overrides anything (keys: the fields of
 :class:`EmbedConfig`).
@@ -20,6 +23,10 @@ same as in the LATEST run of the same model are copied over without being read, 
 embedded; new and changed items go through Ray Data (bytes → :mod:`artifacts.preprocess` in
 tasks → the model in an actor pool), or, when only a few are left
 (``local_max_items``), through the same code in this process, without starting actors.
+Items the previous run rejected are tried again. The manifest and the result count ``total``,
+``new``, ``changed``, ``unchanged`` (carried over), ``retried``, ``removed``, ``failed`` and
+``embedded``. A bad image is a row in ``errors/`` with its reason; only when more than
+``max_failure_share`` of the catalogue fails does the job fail, publishing nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from artifacts.logs import setup_logging
 
 log = logging.getLogger("vitrine.embed")
 
+DEFAULT_CATALOGUE = ("catalogues", "fashion-mnist-train")  # under the storage root
 COUNT_KEYS = ("total", "new", "changed", "unchanged", "retried", "removed", "failed", "embedded")
 _ITEM_COLUMNS = ("item_id", "image_uri", "category", "content_sha256")
 # The storage settings Ray workers need to reach the same object store as this process.
@@ -46,7 +54,9 @@ STORAGE_ENV_VARS = ("AWS_ENDPOINT_URL", "VITRINE_S3_ENDPOINT", "AWS_ACCESS_KEY_I
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    catalogue: str = ""  # image folders, a directory with a manifest, or a manifest file (local or s3://)
+    # Image folders, a directory with a manifest, or a manifest file (local or s3://);
+    # default <out>/catalogues/fashion-mnist-train.
+    catalogue: str = ""
     model: str = ""  # model directory or models/ directory with LATEST; default <out>/models
     out: str = ""  # storage root; default $VITRINE_STORAGE or ./.vitrine
     run_id: str = ""  # default: a new sortable id; an existing complete run is returned as is
@@ -58,13 +68,13 @@ class EmbedConfig:
     batch_size: int = 1024  # rows per decode task and per model call
     min_actors: int = 1
     max_actors: int = 2
-    initial_actors: int = 0  # 0 = max_actors (capped by the number of batches): no slow ramp-up
     cpus_per_actor: float = 1.0  # also the TensorFlow thread count of each actor
     gpus_per_actor: float = 0.0
-    # Per decode task. Equal to cpus_per_actor and without GPUs, Ray fuses decoding into the actors
-    # (best on CPUs: no core sits reserved for an actor waiting on decoded batches); with GPU
-    # actors, or another value, decoding runs in separate CPU tasks that feed the actors.
-    decode_cpus: float = 1.0
+    # Per decode task. Unequal to cpus_per_actor (the default), decoding runs in its own tasks and
+    # overlaps the seconds an actor spends starting TensorFlow; equal and without GPUs, Ray fuses
+    # decoding into the actors (no core reserved for an actor waiting on input: better for long
+    # runs on CPU-only clusters).
+    decode_cpus: float = 0.5
     io_threads: int = 16  # concurrent reads per task (object storage) and when hashing
     # At most this many items to embed: run them here, without actors (TensorFlow start-up in a
     # fresh actor costs seconds, more than a small incremental run). 0 = always the actor pool.
@@ -147,12 +157,14 @@ class Embedder:
         setup_logging()
         import tensorflow as tf
 
-        if threads > 0:
-            try:  # only possible before TensorFlow's runtime starts in this process
+        try:  # only possible before TensorFlow's runtime starts in this process
+            if threads > 0:  # TensorFlow ignores Ray's CPU allocation otherwise
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
                 tf.config.threading.set_inter_op_parallelism_threads(threads)
-            except RuntimeError:
-                pass
+            for gpu in tf.config.list_physical_devices("GPU"):  # several actors may share one GPU
+                tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
         from artifacts import model_artifact
 
         loaded = model_artifact.load(model_uri)
@@ -248,11 +260,10 @@ def run(config: EmbedConfig) -> EmbedResult:
     started_at = _now_iso()
     if config.smoke_test:
         config = dataclasses.replace(config, limit=config.limit or 64, local_max_items=0)
-    if not config.catalogue:
-        raise ValueError("no catalogue given (--catalogue URI)")
     if not 0.0 <= config.max_failure_share <= 1.0:
         raise ValueError(f"max_failure_share must be in [0, 1], got {config.max_failure_share}")
     root = config.out or storage.default_root()
+    config = dataclasses.replace(config, catalogue=config.catalogue or storage.join(root, *DEFAULT_CATALOGUE))
     model_uri = publish.resolve(config.model or model_artifact.models_root(root), manifest_name=CARD_FILE)
     card = model_artifact.read_card(model_uri)
     runs_uri = embeddings.model_runs_uri(root, card.model_id)
@@ -410,19 +421,25 @@ def _embed_with_ray_data(todo, model_uri: str, card, config: EmbedConfig):
 
     _ensure_ray(config)
     remote_args = {}
-    uses_s3 = storage.is_remote(model_uri) or any(storage.is_remote(u) for u in todo.column("image_uri").to_pylist()[:1000])
+    uris = todo.column("image_uri").to_pylist()
+    uses_s3 = storage.is_remote(model_uri) or any(storage.is_remote(u) for u in uris)
     env = {k: os.environ[k] for k in STORAGE_ENV_VARS if os.environ.get(k)}
     if uses_s3 and env and config.forward_storage_env:
         # Workers get the environment Ray started with, not this process's current one.
         remote_args["runtime_env"] = {"env_vars": env}
+    fused = config.decode_cpus == config.cpus_per_actor and not config.gpus_per_actor
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if not fused and config.min_actors * config.cpus_per_actor + config.decode_cpus > cpus:
+        # Unless the cluster grows, the actors hold every CPU and no decode task can run.
+        log.warning("min_actors=%d x cpus_per_actor=%g leaves no CPU for decode tasks (decode_cpus=%g) on a "
+                    "cluster with %g CPUs now: the job waits until the cluster scales up", config.min_actors,
+                    config.cpus_per_actor, config.decode_cpus, cpus)
     bs = config.batch_size
-    blocks = [todo.slice(i, bs) for i in range(0, todo.num_rows, bs)]
-    max_actors = max(1, config.min_actors, config.max_actors)
-    initial = min(config.initial_actors or max_actors, max_actors, len(blocks))
-    pool = ray.data.ActorPoolStrategy(min_size=max(1, min(config.min_actors, initial)), max_size=max_actors,
-                                      initial_size=initial)
-    ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"spec": card.preprocess_spec.to_dict(), "io_threads": config.io_threads},
+    pool = ray.data.ActorPoolStrategy(min_size=max(1, config.min_actors),
+                                      max_size=max(1, config.min_actors, config.max_actors))
+    ds = ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
+    ds = ds.map_batches(decode_batch,
+                        fn_kwargs={"spec": card.preprocess_spec.to_dict(), "io_threads": config.io_threads},
                         batch_size=bs, batch_format="pyarrow", zero_copy_batch=True, num_cpus=config.decode_cpus,
                         **remote_args)
     ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model_uri": model_uri,

@@ -129,10 +129,17 @@ def test_full_run_with_corrupt_images_then_incremental_run(tmp_path, ray_local, 
                    add={added: ("Bag", mirrored_png((cat / manifest[ids[0]]["image_uri"]).read_bytes()))})
     decoded, embedded = [], []
     real_decode, real_call = embed_catalogue.decode_batch, embed_catalogue.Embedder.__call__
-    monkeypatch.setattr(embed_catalogue, "decode_batch",
-                        lambda batch, **kw: decoded.extend(batch.column("item_id").to_pylist()) or real_decode(batch, **kw))
-    monkeypatch.setattr(embed_catalogue.Embedder, "__call__",
-                        lambda self, b: embedded.extend(b.column("item_id").to_pylist()) or real_call(self, b))
+
+    def spy_decode(batch, **kw):
+        decoded.extend(batch.column("item_id").to_pylist())
+        return real_decode(batch, **kw)
+
+    def spy_call(self, batch):
+        embedded.extend(batch.column("item_id").to_pylist())
+        return real_call(self, batch)
+
+    monkeypatch.setattr(embed_catalogue, "decode_batch", spy_decode)
+    monkeypatch.setattr(embed_catalogue.Embedder, "__call__", spy_call)
 
     second = run(dataclasses.replace(config, run_id="run-2", local_max_items=256))
 
@@ -160,7 +167,8 @@ def test_full_run_with_corrupt_images_then_incremental_run(tmp_path, ray_local, 
                                                r"published \(LATEST unchanged\).*not a recognised image format \(5\)"):
         run(dataclasses.replace(config, run_id="run-3", local_max_items=256))
     assert publish.latest_id(runs) == "run-2"
-    assert storage.exists(storage.join(runs, "run-3", "data")) and not storage.exists(storage.join(runs, "run-3", "manifest.json"))
+    partial = storage.join(runs, "run-3")
+    assert storage.exists(storage.join(partial, "data")) and not storage.exists(storage.join(partial, "manifest.json"))
     assert embeddings.resolve_run(runs).endswith("run-2") and embeddings.read_table(runs).num_rows == 60
     with pytest.raises(publish.NotPublishedError):
         embeddings.read_table(storage.join(runs, "run-3"))
@@ -199,15 +207,28 @@ def test_a_crashed_run_is_invisible_and_the_same_run_id_completes_it(tmp_path, t
     old = run(dataclasses.replace(config, run_id="run-a"))
     assert old.reused and not old.published and publish.latest_id(runs) == "run-b"
 
+    # A new category for the same bytes: carried over (no inference), with the catalogue's category.
+    manifest = pq.read_table(cat / "manifest.parquet").to_pylist()
+    manifest[0]["category"] = "Renamed"
+    catalogue.write_manifest(pa.Table.from_pylist(manifest), str(cat / "manifest.parquet"))
+    renamed = run(dataclasses.replace(config, run_id="run-c"))
+    assert renamed.counts["unchanged"] == 20 and renamed.counts["embedded"] == 0
+    before, after = by_id(embeddings.read_table(redone.run_uri)), by_id(embeddings.read_table(runs))
+    item = manifest[0]["item_id"]
+    assert after[item] == {**before[item], "category": "Renamed"}
+
 
 def test_another_model_or_full_embeds_everything_and_the_cli(tmp_path, tiny_fashion_mnist, models_dir, capsys):
     cat = tmp_path / "catalogue"
     export(ExportConfig(split="test", out=str(cat), data=str(tiny_fashion_mnist), limit=12))
     root = str(tmp_path / "store")
+    (tmp_path / "embed.yaml").write_text("batch_size: 7\nmax_failure_share: 0.1\n")
     assert cli.main(["embed", "--catalogue", str(cat), "--model", models_dir, "--out", root, "--run-id", "r1",
-                     "--json"]) == 0
+                     "--config", str(tmp_path / "embed.yaml"), "--set", "max_failure_share=0.2", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["counts"]["new"] == 12 and printed["run_uri"].endswith("/embeddings/cnn-test-a/r1")
+    saved = embeddings.read_manifest(printed["run_uri"]).config  # the resolved config travels with the run
+    assert (saved["batch_size"], saved["max_failure_share"], saved["model"]) == (7, 0.2, f"{models_dir}/cnn-test-a")
 
     assert cli.main(["embed", "--catalogue", str(cat), "--model", models_dir, "--out", root, "--run-id", "r2",
                      "--full", "--set", "batch_size=5"]) == 0
