@@ -1,0 +1,244 @@
+"""Embedding throughput: the Ray Data job against a plain single-process loop, and the
+incremental re-run against a full run, in one benchmark run over the same catalogue.
+
+    python benchmarks/embed_throughput.py                      # .vitrine's catalogue and LATEST model
+    python benchmarks/embed_throughput.py --catalogue URI --model URI --limit 20000 --markdown docs/BENCHMARKS.md
+
+Measured, each in a fresh process so both sides pay their own start-up (TensorFlow import,
+model load; Ray start for the job):
+1. baseline: a plain loop in one process: read → Pillow decode/preprocess → Keras predict →
+   L2-normalise → pyarrow Parquet write;
+2. ``vitrine embed --full`` (Ray Data: decode tasks + an actor pool running the model);
+3. a second full run and an incremental run with ``--changed`` (1%) of the images edited,
+   in ONE warm process (Ray, TensorFlow and the model already loaded: a long-lived driver such
+   as a scheduler worker), and the same incremental run cold, from a fresh process.
+Peak memory is the largest resident set of the whole process tree (driver + Ray workers),
+sampled every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------- the baseline
+def plain_loop(catalogue: str, model_uri: str, out: str, limit: int) -> dict:
+    """The published design's batch path: everything in one process, one step after another."""
+    t0 = time.time()
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from artifacts import model_artifact, storage
+    from artifacts.catalogue import list_catalogue
+    from artifacts.preprocess import ImageDecodeError, preprocess_bytes
+
+    loaded = model_artifact.load(model_uri)
+    net = loaded.embedding_model()
+    spec = loaded.card.preprocess_spec
+    items = list_catalogue(catalogue).to_pylist()[: limit or None]
+    ids, vecs, preds, failed = [], [], [], 0
+    for start in range(0, len(items), 1024):
+        xs, batch_ids = [], []
+        for item in items[start:start + 1024]:
+            try:
+                xs.append(preprocess_bytes(storage.read_bytes(item["image_uri"]), spec))
+                batch_ids.append(item["item_id"])
+            except ImageDecodeError:
+                failed += 1
+        emb, probs = net.predict(np.stack(xs), batch_size=256, verbose=0)
+        vecs.append(emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12))
+        preds.append(probs.argmax(axis=1))
+        ids.extend(batch_ids)
+    v = np.concatenate(vecs).astype(np.float32)
+    table = pa.table({"item_id": ids,
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), v.shape[1]),
+                      "predicted": np.concatenate(preds)})
+    pq.write_table(table, out)
+    return {"items": len(ids), "failed": failed, "seconds": time.time() - t0}
+
+
+# ------------------------------------------------------------------------------ measurement
+class TreeMemory:
+    """Peak resident memory of a process and all its descendants."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def timed(cmd: list[str], env: dict) -> dict:
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with TreeMemory(proc.pid) as mem:
+        out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
+    return {"seconds": time.time() - t0, "peak_rss_mb": mem.peak / 2**20, "stdout": out}
+
+
+def edit_one_percent(catalogue: Path, share: float, seed: int = 0) -> int:
+    """Mirror ``share`` of the images (new content for the same items) and refresh the manifest."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image, ImageOps
+
+    from artifacts.catalogue import content_sha256, write_manifest
+
+    manifest = pq.read_table(catalogue / "manifest.parquet")
+    rows = manifest.to_pylist()
+    pick = set(np.random.default_rng(seed).choice(len(rows), max(1, int(len(rows) * share)), replace=False).tolist())
+    for i in pick:
+        path = catalogue / rows[i]["image_uri"]
+        buf = io.BytesIO()
+        ImageOps.mirror(Image.open(path)).save(buf, format="PNG")
+        path.write_bytes(buf.getvalue())
+        rows[i]["content_sha256"] = content_sha256(buf.getvalue())
+    write_manifest(pa.Table.from_pylist(rows, schema=manifest.schema), str(catalogue / "manifest.parquet"))
+    return len(pick)
+
+
+def warm_runs(catalogue: str, model: str, out: str, share: float) -> dict:
+    """Full, full again, edit, incremental: all in this one process."""
+    from dataclasses import replace
+
+    from jobs.embed_catalogue import EmbedConfig, run
+
+    base = EmbedConfig(catalogue=catalogue, model=model, out=out, local_max_items=0)
+    times = {}
+    t0 = time.time()
+    first = run(replace(base, full=True, run_id="warm-full-1"))
+    times["full_1"] = time.time() - t0
+    t0 = time.time()
+    run(replace(base, full=True, run_id="warm-full-2"))
+    times["full_2"] = time.time() - t0
+    changed = edit_one_percent(Path(catalogue), share)
+    t0 = time.time()
+    # The defaults: a change this small runs in the driver, which already holds the model.
+    inc = run(replace(base, run_id="warm-incremental", local_max_items=EmbedConfig.local_max_items))
+    times["incremental"] = time.time() - t0
+    return {"times": times, "changed": changed, "counts": inc.counts, "items": first.counts["embedded"]}
+
+
+# ----------------------------------------------------------------------------------- driver
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    storage_root = os.environ.get("VITRINE_STORAGE", str(ROOT / ".vitrine"))
+    p.add_argument("--catalogue", default=os.path.join(storage_root, "catalogues", "fashion-mnist-train"))
+    p.add_argument("--model", default=os.path.join(storage_root, "models"))
+    p.add_argument("--limit", type=int, default=0, help="first N items (0 = all; the target needs >= 20,000)")
+    p.add_argument("--changed", type=float, default=0.01)
+    p.add_argument("--markdown", help="append the results table to this file")
+    p.add_argument("--_plain", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--_warm", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._plain:
+        print(json.dumps(plain_loop(*args._plain, limit=args.limit)))
+        return 0
+    if args._warm:
+        print(json.dumps(warm_runs(*args._warm, share=args.changed)))
+        return 0
+
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    work = Path(tempfile.mkdtemp(prefix="vitrine-bench-"))
+    try:
+        # A private copy: the benchmark edits images, and --limit trims the manifest.
+        cat = work / "catalogue"
+        shutil.copytree(args.catalogue, cat)
+        if args.limit:
+            import pyarrow.parquet as pq
+
+            from artifacts.catalogue import write_manifest
+
+            write_manifest(pq.read_table(cat / "manifest.parquet").slice(0, args.limit), str(cat / "manifest.parquet"))
+        me = [sys.executable, str(Path(__file__).resolve())]
+        results = {}
+        print("baseline: plain loop ...", flush=True)
+        r = timed([*me, "--_plain", str(cat), args.model, str(work / "plain.parquet")], env)
+        results["plain"] = {**json.loads(r["stdout"].strip().splitlines()[-1]), "wall": r["seconds"],
+                            "peak_rss_mb": r["peak_rss_mb"]}
+        print("Ray Data job, cold ...", flush=True)
+        r = timed([sys.executable, "-m", "jobs.cli", "embed", "--catalogue", str(cat), "--model", args.model,
+                   "--out", str(work / "cold"), "--full", "--set", "local_max_items=0"], env)
+        results["ray_cold"] = {"wall": r["seconds"], "peak_rss_mb": r["peak_rss_mb"]}
+        print("warm process: full, full, edit, incremental ...", flush=True)
+        r = timed([*me, "--_warm", str(cat), args.model, str(work / "warm"), "--changed", str(args.changed)], env)
+        results["warm"] = {**json.loads(r["stdout"].strip().splitlines()[-1]), "peak_rss_mb": r["peak_rss_mb"]}
+        print("incremental, cold ...", flush=True)
+        edit_one_percent(cat, args.changed, seed=1)
+        r = timed([sys.executable, "-m", "jobs.cli", "embed", "--catalogue", str(cat), "--model", args.model,
+                   "--out", str(work / "warm")], env)
+        results["incremental_cold"] = {"wall": r["seconds"], "peak_rss_mb": r["peak_rss_mb"]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    n = results["plain"]["items"]
+    w = results["warm"]["times"]
+    rows = [
+        ("plain loop (baseline), fresh process", results["plain"]["wall"], results["plain"]["peak_rss_mb"]),
+        ("`vitrine embed --full` (Ray Data), fresh process", results["ray_cold"]["wall"], results["ray_cold"]["peak_rss_mb"]),
+        ("Ray Data full run, warm process (1st job)", w["full_1"], None),
+        ("Ray Data full run, warm process (2nd job)", w["full_2"], results["warm"]["peak_rss_mb"]),
+        (f"incremental, {args.changed:.0%} changed, warm process", w["incremental"], None),
+        (f"incremental, {args.changed:.0%} changed, fresh process", results["incremental_cold"]["wall"],
+         results["incremental_cold"]["peak_rss_mb"]),
+    ]
+    lines = [f"Catalogue: {n:,} images ({args.catalogue}); model {args.model}; {os.cpu_count()} CPUs; "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+             "| run | seconds | images/s | peak RSS (tree) |", "|:--|--:|--:|--:|"]
+    for name, secs, mem in rows:
+        lines.append(f"| {name} | {secs:.1f} | {n / secs:,.0f} | {f'{mem:,.0f} MB' if mem else '–'} |")
+    lines += ["",
+              f"- Ray Data job vs plain loop, both fresh processes: **{results['plain']['wall'] / results['ray_cold']['wall']:.2f}×**",
+              f"- Ray Data job (warm, 2nd) vs plain loop: **{results['plain']['wall'] / w['full_2']:.2f}×**",
+              f"- Incremental ({results['warm']['changed']} changed) vs full run, warm process: "
+              f"**{w['full_2'] / w['incremental']:.1f}×**; fresh processes: "
+              f"**{results['ray_cold']['wall'] / results['incremental_cold']['wall']:.1f}×**",
+              f"- Incremental counts: `{json.dumps(results['warm']['counts'])}`"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "a") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
