@@ -70,26 +70,46 @@ def plain_loop(catalogue: str, model_uri: str, out: str, limit: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ measurement
+def _tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and its descendants, from /proc (Linux)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [c for c, p in parents.items() if p == pid and c not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    total = 0
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
 class TreeMemory:
-    """Peak resident memory of a process and all its descendants."""
+    """Peak resident memory of a process and all its descendants, sampled every 0.2 s."""
 
     def __init__(self, pid: int):
-        import psutil
-
-        self.proc = psutil.Process(pid)
+        self.pid = pid
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        import psutil
-
         while not self._stop.is_set():
-            try:
-                procs = [self.proc, *self.proc.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-            except psutil.Error:
-                pass
+            self.peak = max(self.peak, _tree_rss(self.pid))
             time.sleep(0.2)
 
     def __enter__(self):
