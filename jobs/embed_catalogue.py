@@ -451,14 +451,9 @@ def _embed_with_ray_data(todo, model_uri: str, card, config: EmbedConfig):
 
 
 def _ensure_ray(config: EmbedConfig) -> None:
-    import ray
+    from artifacts.ray_session import ensure_ray
 
-    if ray.is_initialized():
-        return
-    if config.address:
-        ray.init(address=config.address)
-    else:
-        ray.init(num_cpus=config.num_cpus or None, include_dashboard=False)
+    ensure_ray(config.address, config.num_cpus)
 
 
 def _split(batch, dim: int):

@@ -129,14 +129,9 @@ def run_trial(params: dict, data_source: str = "") -> None:
 
 
 def _ensure_ray(config: GridConfig) -> None:
-    import ray
+    from artifacts.ray_session import ensure_ray
 
-    if ray.is_initialized():
-        return
-    if config.address:
-        ray.init(address=config.address)
-    else:
-        ray.init(num_cpus=config.num_cpus or None, include_dashboard=False)
+    ensure_ray(config.address, config.num_cpus)
 
 
 def _storage_args(uri: str) -> dict:
