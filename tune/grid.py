@@ -216,8 +216,7 @@ def run(config: GridConfig) -> GridResult:
         if result.checkpoint is not None and (m.get("best_val_accuracy") or -1) > best_acc:
             best_result, best_acc = result, m["best_val_accuracy"]
     leaderboard.sort(key=lambda r: -(r["val_accuracy"] if r["val_accuracy"] is not None else -1))
-    if config.evaluate_all:
-        _add_test_accuracy(config, results, leaderboard)
+    tested = _add_test_accuracy(config, results, leaderboard) if config.evaluate_all else {}
 
     best = test_metrics = model_uri = None
     notes = (f"Grid wall time {wall:.0f} s; sum of trial times {sum_trial:.0f} s; "
@@ -225,7 +224,8 @@ def run(config: GridConfig) -> GridResult:
     if resumed:
         notes += "\nResumed run: the wall time covers this invocation only, trial times the whole run.\n"
     if best_result is not None:
-        best, test_metrics, model_uri = _evaluate_and_export(config, best_result, root, run_id)
+        best_id = (best_result.metrics or {}).get("trial_id") or Path(best_result.path).name
+        best, test_metrics, model_uri = _evaluate_and_export(config, best_result, root, run_id, tested.get(best_id))
     with tempfile.TemporaryDirectory(prefix="vitrine-report-") as tmp:
         from .report import write_report
 
@@ -243,13 +243,15 @@ def run(config: GridConfig) -> GridResult:
     return result
 
 
-def _add_test_accuracy(config: GridConfig, results, leaderboard: list[dict]) -> None:
+def _add_test_accuracy(config: GridConfig, results, leaderboard: list[dict]) -> dict[str, dict]:
+    """Test metrics of every trial's best checkpoint, by trial id; accuracy goes into the rows."""
     import keras
 
     from .evaluation import evaluate
     from .training import prepare_data, preprocess_spec_for
 
     rows = {r["trial_id"]: r for r in leaderboard}
+    tested: dict[str, dict] = {}
     splits: dict[tuple, object] = {}  # trials usually share one dataset: read it once
     for result in results:
         m = result.metrics or {}
@@ -265,11 +267,13 @@ def _add_test_accuracy(config: GridConfig, results, leaderboard: list[dict]) -> 
         ds = splits[key]
         with result.checkpoint.as_directory() as ckpt:
             model = keras.models.load_model(Path(ckpt) / BEST, compile=False)
-        row["test_accuracy"] = evaluate(model, preprocess_spec_for(model), ds.test_x, ds.test_y,
-                                        ds.class_names)["accuracy"]
+        tested[row["trial_id"]] = evaluate(model, preprocess_spec_for(model), ds.test_x, ds.test_y, ds.class_names)
+        row["test_accuracy"] = tested[row["trial_id"]]["accuracy"]
+    return tested
 
 
-def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str) -> tuple[dict, dict, str | None]:
+def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
+                         test_metrics: dict | None = None) -> tuple[dict, dict, str | None]:
     import keras
 
     from .evaluation import evaluate
@@ -282,7 +286,8 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str) -> 
     with result.checkpoint.as_directory() as ckpt:
         model = keras.models.load_model(Path(ckpt) / BEST, compile=False)
     spec = preprocess_spec_for(model)
-    test_metrics = evaluate(model, spec, ds.test_x, ds.test_y, ds.class_names)
+    if test_metrics is None:  # not already measured by evaluate_all
+        test_metrics = evaluate(model, spec, ds.test_x, ds.test_y, ds.class_names)
     best = {"trial_id": m.get("trial_id"), "architecture": spec_trial["architecture"],
             "optimizer": spec_trial["optimizer"], "learning_rate": spec_trial["learning_rate"],
             "val_accuracy": m.get("best_val_accuracy"), "best_epoch": m.get("best_epoch"),
