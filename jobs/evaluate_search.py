@@ -43,7 +43,6 @@ Writes ``search_eval.md`` (a table for docs/RESULTS.md) and ``search_eval.json``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
