@@ -24,9 +24,10 @@ DEFAULT_MAX_PIXELS = 40_000_000
 class ImageDecodeError(ValueError):
     """An input is not a usable image; ``reason`` is a short, user-facing explanation."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, *, too_large: bool = False):
         super().__init__(reason)
         self.reason = reason
+        self.too_large = too_large  # over the pixel limit (a service answers 413, not 400)
 
 
 @dataclass(frozen=True)
@@ -64,18 +65,20 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large: {exc}", too_large=True) from None
     except Exception as exc:  # Pillow raises many types for garbage headers
         raise ImageDecodeError(f"unreadable image header: {exc}") from None
     w, h = img.size
     if w < 1 or h < 1:
         raise ImageDecodeError(f"image has no pixels ({w}x{h})")
     if w * h > max_pixels:
-        raise ImageDecodeError(f"image too large: {w}x{h} = {w * h} pixels, limit {max_pixels}")
+        raise ImageDecodeError(f"image too large: {w}x{h} = {w * h} pixels, limit {max_pixels}", too_large=True)
     try:
         img.seek(0)
         img.load()
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"image too large: {exc}") from None
+        raise ImageDecodeError(f"image too large: {exc}", too_large=True) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"truncated or corrupt image data: {exc}") from None
     return img

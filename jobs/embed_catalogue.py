@@ -155,29 +155,15 @@ class Embedder:
 
     def __init__(self, model_uri: str, threads: int = 1):
         setup_logging()
-        import tensorflow as tf
+        from artifacts.inference import ModelRunner, configure_tensorflow
 
-        try:  # only possible before TensorFlow's runtime starts in this process
-            if threads > 0:  # TensorFlow ignores Ray's CPU allocation otherwise
-                tf.config.threading.set_intra_op_parallelism_threads(threads)
-                tf.config.threading.set_inter_op_parallelism_threads(threads)
-            for gpu in tf.config.list_physical_devices("GPU"):  # several actors may share one GPU
-                tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass
-        from artifacts import model_artifact
-
-        loaded = model_artifact.load(model_uri)
-        self.card = loaded.card
-        self.model_id = loaded.card.model_id
-        self.dim = int(loaded.card.embedding_dim)
-        self.shape = tuple(loaded.card.preprocess_spec.input_shape)
-        self.class_names = list(loaded.card.class_names)
-        model = loaded.embedding_model()
-        # One trace for every batch size; ~2x faster than model.predict on small batches.
-        self._forward = tf.function(lambda x: model([x], training=False), reduce_retracing=True,
-                                    input_signature=[tf.TensorSpec((None, *self.shape), tf.float32)])
-        self._forward(tf.zeros((1, *self.shape), tf.float32))  # trace now, while decode tasks run
+        configure_tensorflow(threads)
+        self.runner = ModelRunner(model_uri)
+        self.card = self.runner.card
+        self.model_id = self.runner.model_id
+        self.dim = self.runner.dim
+        self.shape = self.runner.shape
+        self.class_names = self.runner.class_names
         log.info("embedder ready: model %s (dim %d) from %s, %s TF threads", self.model_id, self.dim,
                  model_uri, threads or "default")
 
@@ -198,11 +184,10 @@ class Embedder:
         if ok.any():
             flat = batch.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
             x = flat.reshape(n, *self.shape)[ok]
-            e, probs = (t.numpy() for t in self._forward(x))
-            norms = np.linalg.norm(e, axis=1, keepdims=True)
+            out = self.runner(x)
+            probs, zero = out.probabilities, out.zero
             idx = np.flatnonzero(ok)
-            zero = norms[:, 0] <= 1e-12
-            emb[idx] = e / np.where(zero[:, None], 1.0, norms)
+            emb[idx] = out.embeddings
             top = probs.argmax(axis=1)
             confidence[idx] = probs[np.arange(len(top)), top]
             for j, i in enumerate(idx):

@@ -1,0 +1,97 @@
+"""Start the search service: the Serve app of ``serve/config.yaml`` on local Ray or a cluster.
+
+    vitrine serve                                   # local Ray, LATEST model + index under $VITRINE_STORAGE
+    vitrine serve --config serve/config.yaml --port 8000 --storage s3://bucket/vitrine
+    vitrine serve --address auto                    # on the cluster this machine belongs to
+    vitrine serve --index hnsw-...-b551             # pin an index (no hot swap)
+    vitrine serve --no-block                        # deploy, print the URL and return
+
+Prints the web page's URL once every deployment is RUNNING, then keeps the local Ray (and so the
+service) up until Ctrl-C. On a cluster the app outlives this command (``serve shutdown`` stops it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+
+from artifacts.logs import setup_logging
+
+log = logging.getLogger("vitrine.serve")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    config: str = ""  # the Serve config file; "" = serve/config.yaml
+    storage: str = ""  # storage root; "" = $VITRINE_STORAGE or ./.vitrine
+    address: str = ""  # Ray cluster address; "" = a local Ray started here
+    num_cpus: int = 0  # local Ray only; 0 = all
+    host: str = ""  # HTTP host/port override of the config's http_options
+    port: int = 0
+    model: str = ""  # override the app's model selector ("index" or a model id)
+    index: str = ""  # override the app's index selector ("latest" or an index id)
+    poll_interval_s: float = 0.0  # override how often LATEST is checked
+    timeout_s: float = 300.0  # to wait for every deployment to be RUNNING
+
+
+@dataclass
+class ServeResult:
+    url: str
+    replicas: dict
+
+
+def run(config: ServeConfig) -> ServeResult:
+    from artifacts.ray_session import ensure_ray
+    from serve import deploy
+
+    spec = deploy.load_config(
+        config.config or deploy.CONFIG_FILE,
+        args={"storage": config.storage or None, "model": config.model or None, "index": config.index or None,
+              "poll_interval_s": config.poll_interval_s or None},
+        http={k: v for k, v in (("host", config.host), ("port", config.port)) if v})
+    ensure_ray(config.address, config.num_cpus)
+    url = deploy.deploy(spec, timeout_s=config.timeout_s)
+    replicas = deploy.replica_counts()
+    log.info("serving at %s (replicas: %s)", url, replicas)
+    return ServeResult(url=url, replicas=replicas)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitrine serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="", help="Serve config YAML (default serve/config.yaml)")
+    p.add_argument("--storage", default="", help="storage root (default $VITRINE_STORAGE or ./.vitrine)")
+    p.add_argument("--address", default="", help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=0, help="CPUs of the local Ray (default all)")
+    p.add_argument("--host", default="")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--model", default="", help='"index" (default) or a model id to pin')
+    p.add_argument("--index", default="", help='"latest" (default) or an index id to pin')
+    p.add_argument("--poll-interval-s", type=float, default=0.0)
+    p.add_argument("--no-block", action="store_true", help="return once the app is running")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    result = run(ServeConfig(config=args.config, storage=args.storage, address=args.address, num_cpus=args.num_cpus,
+                             host=args.host, port=args.port, model=args.model, index=args.index,
+                             poll_interval_s=args.poll_interval_s))
+    print(f"vitrine is serving: open {result.url} (API: {result.url}v1/info, {result.url}docs)", flush=True)
+    if args.no_block or args.address:
+        return 0
+    try:
+        while True:  # the local Ray lives as long as this process
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""The app's arguments: the ``args:`` block of ``serve/config.yaml``, checked before anything starts.
+
+A pydantic model because Ray Serve validates a typed app builder's arguments with it, so a typo
+in the config fails the deploy with the list of valid keys instead of serving a wrong default.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    storage: str = ""  # storage root; "" = $VITRINE_STORAGE or ./.vitrine (resolved in each replica)
+    # "index": the model the served index was built with (model and index always agree);
+    # a model id pins that model and refuses indexes built with any other.
+    model: str = "index"
+    index: str = "latest"  # "latest" follows indexes/LATEST; an index id pins one
+    poll_interval_s: float = Field(10.0, ge=0.5)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(40_000_000, gt=0)
+    default_k: int = Field(30, ge=1)
+    max_k: int = Field(200, ge=1)
+    search_ef: int = Field(0, ge=0)  # hnswlib ef at query time; 0 = the index's own setting
+    versions_kept: int = Field(2, ge=1)  # per replica: the serving version and the one before it
+
+    @field_validator("model", "index")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()

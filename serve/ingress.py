@@ -1,0 +1,294 @@
+"""HTTP ingress: the versioned JSON API and the web page, in front of the two deployments.
+
+A request is decoded and preprocessed here once (the same function as training and embedding),
+classified by the Classifier, then searched by Search, both pinned to the version this replica
+serves at the moment the request arrived. The served version is re-read from storage every
+``poll_interval_s``; a new one is warmed on a replica of each deployment before it is used, and
+one that cannot be served is refused with a log line while the old one keeps serving.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see `Request` itself in the signatures of
+# these methods, which Serve rewrites into routes.
+import asyncio
+import logging
+import mimetypes
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from ray import serve
+from starlette.concurrency import run_in_threadpool
+
+from artifacts import storage
+from artifacts.logs import setup_logging
+from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_bytes
+
+from . import versions
+from .args import AppArgs
+from .uploads import UploadError, image_from_body, read_body
+
+log = logging.getLogger("vitrine.serve")
+API_VERSION = "v1"
+PAGE = Path(__file__).with_name("static") / "index.html"
+ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+STREAM_CHUNK = 256 * 1024
+
+app = FastAPI(title="vitrine", version=API_VERSION,
+              description="Fashion image classification and visual search over the catalogue.")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, classifier, search, args: dict):
+        setup_logging()
+        self.classifier = classifier
+        self.search = search
+        self.args = AppArgs(**args)
+        self.root = self.args.storage or storage.default_root()
+        self.version: versions.ServingVersion | None = None
+        self.refused: dict[tuple, str] = {}  # versions that failed their checks, with the reason
+        self._problem = "no version checked yet"
+        self._checked_at = 0.0
+        self._refresh_lock = asyncio.Lock()
+        self._refresh_task: asyncio.Task | None = None
+        self.page = PAGE.read_text(encoding="utf-8") if PAGE.exists() else "<h1>vitrine</h1>"
+        from .metrics import AppMetrics
+
+        self.metrics = AppMetrics()
+
+    # ------------------------------------------------------------ versions
+    async def _serving(self) -> versions.ServingVersion:
+        """The version for this request; checks storage for a newer one in the background."""
+        if self.version is None:
+            await self._refresh()
+        elif time.monotonic() - self._checked_at >= self.args.poll_interval_s and (
+                self._refresh_task is None or self._refresh_task.done()):
+            self._refresh_task = asyncio.get_running_loop().create_task(self._refresh())
+        if self.version is None:
+            raise ApiError(503, f"nothing to serve yet: {self._problem}")
+        return self.version
+
+    async def _refresh(self) -> None:
+        async with self._refresh_lock:
+            if self.version is not None and time.monotonic() - self._checked_at < self.args.poll_interval_s:
+                return
+            self._checked_at = time.monotonic()
+            try:
+                candidate = await run_in_threadpool(versions.resolve, self.root, model=self.args.model,
+                                                    index=self.args.index)
+            except versions.NothingPublished as exc:
+                self._problem = str(exc)
+                return
+            except versions.VersionRejected as exc:
+                self._refuse(("resolve", str(exc)), str(exc))
+                return
+            except Exception as exc:  # storage unreachable: keep serving what we have
+                self._problem = f"cannot read {self.root}: {exc}"
+                log.warning("version check failed (%s); %s", exc, self._keeping())
+                return
+            if self.version is not None and candidate.key == self.version.key:
+                return
+            if candidate.key in self.refused:
+                return
+            try:  # load it on one replica of each before any request depends on it
+                model = await self.classifier.warm.remote(candidate.model_id)
+                if model["embedding_dim"] != candidate.embedding_dim:
+                    raise versions.VersionRejected(f"model {candidate.model_id} produces {model['embedding_dim']}-"
+                                                   f"dimensional embeddings, its card says {candidate.embedding_dim}")
+                if candidate.index_id:
+                    index = await self.search.warm.remote(candidate.index_id)
+                    if index["model_id"] != candidate.model_id or index["embedding_dim"] != candidate.embedding_dim:
+                        raise versions.VersionRejected(
+                            f"index {candidate.index_id} (model {index['model_id']}, dim {index['embedding_dim']}) "
+                            f"does not match model {candidate.model_id} (dim {candidate.embedding_dim})")
+            except Exception as exc:
+                self._refuse(candidate.key, f"model {candidate.model_id} / index {candidate.index_id}: {exc}")
+                return
+            previous, self.version = self.version, candidate
+            self._problem = ""
+            self.metrics.swaps.inc(tags={"outcome": "served"})
+            self.metrics.index_version.set(candidate.published_at,
+                                           tags={"index_id": str(candidate.index_id), "model_id": candidate.model_id})
+            log.info("now serving model %s with index %s (%d items)%s", candidate.model_id, candidate.index_id,
+                     candidate.index_items,
+                     f"; was model {previous.model_id} with index {previous.index_id}" if previous else "")
+
+    def _keeping(self) -> str:
+        v = self.version
+        return f"keeping model {v.model_id} with index {v.index_id}" if v else "nothing served yet"
+
+    def _refuse(self, key: tuple, reason: str) -> None:
+        if key not in self.refused:
+            log.error("refusing to serve %s; %s", reason, self._keeping())
+            self.metrics.swaps.inc(tags={"outcome": "refused"})
+        self.refused[key] = reason
+        if self.version is None:
+            self._problem = reason
+
+    # ------------------------------------------------------------ helpers
+    async def _image(self, request: Request) -> bytes:
+        body = await read_body(request, self.args.max_upload_bytes)
+        return image_from_body(body, request.headers.get("content-type", ""))
+
+    async def _classify(self, request: Request, version: versions.ServingVersion) -> dict:
+        data = await self._image(request)
+        spec = PreprocessSpec.from_dict(version.preprocessing)
+        pixels = await run_in_threadpool(preprocess_bytes, data, spec, max_pixels=self.args.max_pixels)
+        out = await self.classifier.predict.remote(pixels, version.model_id)
+        if "error" in out:
+            raise ApiError(503, out["error"])
+        return out
+
+    @staticmethod
+    def _classes(version: versions.ServingVersion, probabilities: np.ndarray) -> list[dict]:
+        order = np.argsort(-probabilities, kind="stable")
+        return [{"name": version.class_names[i], "probability": round(float(probabilities[i]), 6)} for i in order]
+
+    async def _handle(self, endpoint: str, request: Request, work) -> Response:
+        t0 = time.perf_counter()
+        try:
+            result = await work()
+            response = result if isinstance(result, Response) else JSONResponse(result)
+        except UploadError as exc:
+            self.metrics.rejected.inc(tags={"reason": "upload"})
+            response = _error(exc.status, exc.reason)
+        except ImageDecodeError as exc:
+            self.metrics.rejected.inc(tags={"reason": "too_large" if exc.too_large else "not_an_image"})
+            response = _error(413 if exc.too_large else 400, f"not a usable image: {exc.reason}")
+        except ApiError as exc:
+            response = _error(exc.status, exc.message)
+        except Exception as exc:  # a bug or a dead replica: say so, keep the replica up
+            log.exception("%s failed", endpoint)
+            response = _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        self.metrics.observe(endpoint, response.status_code, time.perf_counter() - t0)
+        return response
+
+    def _int_param(self, request: Request, name: str, default: int, lo: int, hi: int) -> int:
+        raw = request.query_params.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ApiError(400, f"{name} must be an integer, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ApiError(400, f"{name} must be between {lo} and {hi}, got {value}")
+        return value
+
+    # ------------------------------------------------------------ routes
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(self.page)
+
+    @app.get("/healthz")
+    async def healthz(self, request: Request) -> Response:
+        async def work():
+            try:
+                v = await self._serving()
+            except ApiError as exc:
+                return _error(503, exc.message)
+            return {"status": "ok", "model_id": v.model_id, "index_id": v.index_id}
+        return await self._handle("healthz", request, work)
+
+    @app.get("/v1/info")
+    async def info(self, request: Request) -> Response:
+        async def work():
+            v = await self._serving()
+            return {"api_version": API_VERSION, "model_id": v.model_id, "index_id": v.index_id,
+                    "index_version": v.index_id, "index_published_at": v.published_at, "items": v.index_items,
+                    "embedding_dim": v.embedding_dim, "classes": list(v.class_names),
+                    "categories": list(v.categories), "max_upload_bytes": self.args.max_upload_bytes,
+                    "max_pixels": self.args.max_pixels, "default_k": self.args.default_k, "max_k": self.args.max_k}
+        return await self._handle("info", request, work)
+
+    @app.get("/v1/samples")
+    async def samples(self, request: Request) -> Response:
+        async def work():
+            v = await self._serving()
+            if not v.index_id:
+                return {"samples": []}
+            per = self._int_param(request, "per_category", 2, 1, 20)
+            rows = await self.search.samples.remote(v.index_id, per)
+            return {"samples": [{**r, "image_url": f"/v1/items/{r['item_id']}/image"} for r in rows]}
+        return await self._handle("samples", request, work)
+
+    @app.post("/v1/classify")
+    async def classify(self, request: Request) -> Response:
+        async def work():
+            t0 = time.perf_counter()
+            v = await self._serving()
+            out = await self._classify(request, v)
+            classes = self._classes(v, out["probabilities"])
+            return {"model_id": v.model_id, "predicted": classes[0]["name"], "classes": classes,
+                    "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        return await self._handle("classify", request, work)
+
+    @app.post("/v1/search")
+    async def search_items(self, request: Request) -> Response:
+        async def work():
+            t0 = time.perf_counter()
+            v = await self._serving()
+            if not v.index_id:
+                raise ApiError(503, "no index published yet: run the embedding job and build-index")
+            k = self._int_param(request, "k", self.args.default_k, 1, self.args.max_k)
+            wanted = (request.query_params.get("category") or "auto").strip()
+            if wanted not in ("auto", "all") and wanted not in v.categories:
+                raise ApiError(400, f"unknown category {wanted!r}; use auto, all or one of: {', '.join(v.categories)}")
+            out = await self._classify(request, v)
+            classes = self._classes(v, out["probabilities"])
+            if out["zero_embedding"]:
+                raise ApiError(422, "the model sees no features in this image (blank?), nothing to compare")
+            category = None
+            if wanted == "auto":
+                # The published design: search within the predicted class, when the index has it.
+                category = classes[0]["name"] if classes[0]["name"] in v.categories else None
+            elif wanted != "all":
+                category = wanted
+            hits = await self.search.search.remote(out["embedding"], v.index_id, k, category)
+            return {"model_id": v.model_id, "index_id": v.index_id, "predicted": classes[0]["name"],
+                    "classes": classes, "category": category, "k": k,
+                    "results": [{**h, "image_url": f"/v1/items/{h['item_id']}/image"} for h in hits],
+                    "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        return await self._handle("search", request, work)
+
+    @app.get("/v1/items/{item_id}/image")
+    async def item_image(self, item_id: str, request: Request) -> Response:
+        async def work():
+            if not ITEM_ID.match(item_id):
+                raise ApiError(400, "item ids are letters, digits, '.', '_' and '-' (at most 128)")
+            v = await self._serving()
+            uri = await self.search.image_uri.remote(v.index_id, item_id) if v.index_id else None
+            if not uri:
+                raise ApiError(404, f"no catalogue item {item_id!r} in index {v.index_id}")
+            try:
+                fs, path = storage.resolve(uri)
+                stream = await run_in_threadpool(fs.open_input_stream, path)
+            except Exception as exc:
+                raise ApiError(404, f"image of {item_id!r} is not readable: {exc}") from None
+
+            async def chunks():
+                try:
+                    while chunk := await run_in_threadpool(stream.read, STREAM_CHUNK):
+                        yield chunk
+                finally:
+                    stream.close()
+
+            media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+            return StreamingResponse(chunks(), media_type=media,
+                                     headers={"Cache-Control": "public, max-age=3600"})
+        return await self._handle("item_image", request, work)

@@ -1,0 +1,76 @@
+"""The search replica's logic without Ray: a published index plus where each item's image lives."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from artifacts import embeddings
+from artifacts.hnsw_index import HnswIndex, IndexLoadError, UnknownCategoryError
+
+log = logging.getLogger("vitrine.serve")
+
+__all__ = ["CatalogueSearcher", "UnknownCategoryError", "IndexLoadError"]
+
+
+class CatalogueSearcher:
+    def __init__(self, index_uri: str, *, expected_dim: int | None = None, ef: int = 0, threads: int = 1):
+        t0 = time.time()
+        self.index = HnswIndex.load(index_uri, expected_dim=expected_dim, num_threads=threads)
+        if ef:
+            self.index.set_ef(ef)
+        manifest = self.index.manifest
+        self.index_id = manifest.index_id
+        self.model_id = manifest.model_id
+        self.dim = self.index.dim
+        self._image_uri = self._image_uris(manifest.source_embeddings)
+        log.info("index %s loaded: %d items, dim %d, %d categories, %.1f s", self.index_id, len(self.index),
+                 self.dim, len(self.index.category_names), time.time() - t0)
+
+    def _image_uris(self, run_uri: str) -> dict[str, str]:
+        """item id → image URI, from the embeddings run the index was built from.
+
+        Only ids in this map are ever turned into a storage read, so a request cannot name a path.
+        """
+        if not run_uri:
+            return {}
+        try:
+            table = embeddings.read_table(run_uri, columns=["item_id", "image_uri"])
+        except Exception as exc:  # images are a convenience; search works without them
+            log.warning("index %s: cannot read image locations from %s (%s); item images will 404",
+                        self.index_id, run_uri, exc)
+            return {}
+        return dict(zip(table.column("item_id").to_pylist(), table.column("image_uri").to_pylist()))
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.index.category_names)
+
+    def search(self, embedding, k: int, category: str | None = None) -> list[dict]:
+        """Top-``k`` items for one unit-length embedding, best first; ``category`` None = all."""
+        hits = self.index.search(np.asarray(embedding, np.float32)[None, :], k=k, category=category)[0]
+        return [{"item_id": h.item_id, "category": h.category, "distance": round(h.distance, 6),
+                 "similarity": round(100.0 * max(0.0, min(1.0, h.similarity)), 2)} for h in hits]
+
+    def image_uri(self, item_id: str) -> str | None:
+        return self._image_uri.get(item_id)
+
+    def samples(self, per_category: int = 2, seed: int = 0) -> list[dict]:
+        """A few items of each category (for the page's "pick a sample"); stable for an index."""
+        rng = np.random.default_rng(seed)
+        out = []
+        for j, name in enumerate(self.index.category_names):
+            members = self.index.category_members[j]
+            for pos in rng.choice(members, size=min(per_category, len(members)), replace=False):
+                item = str(self.index.item_ids[pos])
+                if item in self._image_uri:
+                    out.append({"item_id": item, "category": name})
+        return out
+
+    def info(self) -> dict:
+        m = self.index.manifest
+        return {"index_id": self.index_id, "model_id": self.model_id, "items": len(self.index),
+                "embedding_dim": self.dim, "categories": self.index.category_counts(),
+                "recall_at_10": m.recall_at_10, "created_at": m.created_at, "ef": self.index.ef}
