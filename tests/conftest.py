@@ -57,6 +57,21 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _serve_down_outside_serve_tests(request):
+    """Serve replicas hold CPUs of the shared Ray: modules outside tests/serve get them back."""
+    import sys
+
+    if request.path.parent.name != "serve" and "ray.serve" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            from ray import serve
+
+            serve.shutdown()
+    yield
+
+
 def _free_port() -> int:
     import socket
 
