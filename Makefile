@@ -10,7 +10,7 @@ export RAY_AUTH_MODE ?= disabled
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup run test smoke clean
+.PHONY: setup run batch serve test smoke clean
 
 setup: $(VENV)/.installed
 
@@ -22,14 +22,23 @@ $(VENV)/.installed: pyproject.toml
 
 CATALOGUE ?= $(VITRINE_STORAGE)/catalogues/fashion-mnist-train
 
+SERVE_PORT ?= 8000
+
 # Train the default grid (report + exported model), export the demo catalogue, embed it,
-# build the HNSW index and measure retrieval.
-run: setup
+# build the HNSW index, measure retrieval, then serve it: the last step prints the page's URL
+# and keeps the service up until Ctrl-C (`make batch` stops before serving).
+run: batch
+	$(BIN)/vitrine serve --port $(SERVE_PORT)
+
+batch: setup
 	$(BIN)/vitrine tune --grid tune/grids/default.yaml
 	$(BIN)/vitrine export-catalogue --dataset fashion-mnist --split train --out $(CATALOGUE)
 	$(BIN)/vitrine embed --catalogue $(CATALOGUE)
 	$(BIN)/vitrine build-index
 	$(BIN)/vitrine evaluate-search
+
+serve: setup
+	$(BIN)/vitrine serve --port $(SERVE_PORT)
 
 smoke: setup
 	$(BIN)/vitrine tune --grid tune/grids/default.yaml --smoke-test

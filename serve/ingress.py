@@ -213,7 +213,8 @@ class Ingress:
                     "index_version": v.index_id, "index_published_at": v.published_at, "items": v.index_items,
                     "embedding_dim": v.embedding_dim, "classes": list(v.class_names),
                     "categories": list(v.categories), "max_upload_bytes": self.args.max_upload_bytes,
-                    "max_pixels": self.args.max_pixels, "default_k": self.args.default_k, "max_k": self.args.max_k}
+                    "max_pixels": self.args.max_pixels, "default_k": self.args.default_k, "max_k": self.args.max_k,
+                    "refused": sorted(set(self.refused.values()))}
         return await self._handle("info", request, work)
 
     @app.get("/v1/samples")

@@ -1,0 +1,121 @@
+"""Hot swap under load: a newly published index (and the model it was built with) is taken into
+service without a failed request; an index that must not be served is refused, the old one stays."""
+
+import shutil
+import threading
+import time
+
+import pytest
+
+from artifacts import publish, storage
+from artifacts.hnsw_index import MANIFEST, IndexManifest
+from tests.serve.conftest import http, publish_version
+
+pytestmark = pytest.mark.slow
+
+
+class Load:
+    """Closed-loop search requests from a few threads, recording every answer."""
+
+    def __init__(self, url: str, image: bytes, threads: int = 3):
+        self.url, self.image = url, image
+        self.answers: list[tuple[int, str | None, str | None]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def _loop(self):
+        while not self._stop.is_set():
+            r = http(self.url + "/v1/search?k=5&category=all", self.image, timeout=60)
+            body = r.json() if r.status == 200 else {}
+            self.answers.append((r.status, body.get("model_id"), body.get("index_id")))
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(90)
+
+    def served(self) -> list[tuple[str, str]]:
+        """The (model, index) pairs seen, in order of first appearance."""
+        return list(dict.fromkeys((m, i) for s, m, i in self.answers if s == 200))
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def store(serving_store, tmp_path_factory) -> str:
+    """A copy of the serving store, since these tests publish into it."""
+    root = str(tmp_path_factory.mktemp("hot-swap") / "store")
+    shutil.copytree(serving_store, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def query(store) -> bytes:
+    catalogue = storage.join(store, "catalogue")
+    png = next(p for p in sorted(storage.list_dir(storage.join(catalogue, "ankle-boot"))) if p.endswith(".png"))
+    return storage.read_bytes(storage.join(catalogue, "ankle-boot", png))
+
+
+def test_new_index_and_model_swap_in_under_load(deploy_app, store, query):
+    url = deploy_app(store)
+    before = http(url + "/v1/info").json()
+    with Load(url, query) as load:
+        wait_until(lambda: len(load.answers) >= 10, 60, "first answers")
+        new_index = publish_version(store, "cnn-serve-b", seed=1)  # embeds with a new model, publishes
+        wait_until(lambda: any(i == new_index for _, _, i in load.answers), 90, "the new index in answers")
+        n = len(load.answers)
+        wait_until(lambda: len(load.answers) >= n + 10, 60, "answers after the swap")
+    statuses = [s for s, _, _ in load.answers]
+    assert statuses.count(200) == len(statuses), f"failed requests during the swap: {sorted(set(statuses))}"
+    assert load.served()[0] == (before["model_id"], before["index_id"])
+    assert load.served()[-1] == ("cnn-serve-b", new_index)
+    # never a model from one version with an index of another
+    assert all(index.startswith(f"hnsw-{model}-") for model, index in load.served())
+    info = http(url + "/v1/info").json()
+    assert (info["model_id"], info["index_id"]) == ("cnn-serve-b", new_index) and info["refused"] == []
+
+
+def _publish_corrupt_copy(root: str, index_id: str) -> str:
+    """A new index id whose manifest is fine but whose HNSW file is cut short."""
+    indexes = storage.join(root, "indexes")
+    bad_id = index_id + "-corrupt"
+    src, dst = publish.artifact_uri(indexes, index_id), publish.artifact_uri(indexes, bad_id)
+    shutil.copytree(src, dst)
+    manifest = IndexManifest.from_json(storage.read_text(storage.join(dst, MANIFEST)))
+    manifest.index_id = bad_id
+    storage.write_text(storage.join(dst, MANIFEST), manifest.to_json())
+    index_file = storage.join(dst, manifest.files["index"])
+    data = storage.read_bytes(index_file)
+    storage.write_bytes(index_file, data[: len(data) // 3])
+    publish.publish(indexes, bad_id, manifest_name=MANIFEST)
+    return bad_id
+
+
+def test_unservable_indexes_are_refused_and_the_old_one_keeps_serving(deploy_app, store, query):
+    served = http(deploy_app(store) + "/v1/info").json()
+    url = deploy_app(store, model=served["model_id"])  # pin the model the index was built with
+    assert http(url + "/v1/info").json()["index_id"] == served["index_id"]
+    with Load(url, query, threads=2) as load:
+        other = publish_version(store, "cnn-serve-c", seed=2)  # built with a model this app is not pinned to
+        wait_until(lambda: any("pinned" in r for r in http(url + "/v1/info").json()["refused"]), 30,
+                   "the refusal of the other model's index")
+        corrupt = _publish_corrupt_copy(store, served["index_id"])
+        wait_until(lambda: any(corrupt in r for r in http(url + "/v1/info").json()["refused"]), 60,
+                   "the refusal of the corrupt index")
+        n = len(load.answers)
+        wait_until(lambda: len(load.answers) >= n + 5, 60, "answers after the refusals")
+    info = http(url + "/v1/info").json()
+    assert info["index_id"] == served["index_id"] and info["model_id"] == served["model_id"]
+    assert any(other in r and "cnn-serve-c" in r for r in info["refused"]), info["refused"]
+    assert all(s == 200 for s, _, _ in load.answers)
+    assert load.served() == [(served["model_id"], served["index_id"])]
