@@ -35,6 +35,9 @@ API_VERSION = "v1"
 PAGE = Path(__file__).with_name("static") / "index.html"
 ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STREAM_CHUNK = 256 * 1024
+# Classify and search are idempotent: a call whose replica died under it (node lost, process
+# killed) is sent again, and the router picks a live replica.
+REPLICA_RETRIES = 2
 
 app = FastAPI(title="vitrine", version=API_VERSION,
               description="Fashion image classification and visual search over the catalogue.")
@@ -45,6 +48,20 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+async def call(method, *args):
+    """``await handle.method.remote(*args)``, again on a live replica if the first one died."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    for attempt in range(REPLICA_RETRIES + 1):
+        try:
+            return await method.remote(*args)
+        except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+            if attempt == REPLICA_RETRIES:
+                raise ApiError(503, f"no live replica answered ({type(exc).__name__}); try again") from None
+            log.warning("replica lost during a call (%s); retrying on another", type(exc).__name__)
+            await asyncio.sleep(0.05 * (attempt + 1))
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -149,7 +166,7 @@ class Ingress:
         data = await self._image(request)
         spec = PreprocessSpec.from_dict(version.preprocessing)
         pixels = await run_in_threadpool(preprocess_bytes, data, spec, max_pixels=self.args.max_pixels)
-        out = await self.classifier.predict.remote(pixels, version.model_id)
+        out = await call(self.classifier.predict, pixels, version.model_id)
         if "error" in out:
             raise ApiError(503, out["error"])
         return out
@@ -224,7 +241,7 @@ class Ingress:
             if not v.index_id:
                 return {"samples": []}
             per = self._int_param(request, "per_category", 2, 1, 20)
-            rows = await self.search.samples.remote(v.index_id, per)
+            rows = await call(self.search.samples, v.index_id, per)
             return {"samples": [{**r, "image_url": f"/v1/items/{r['item_id']}/image"} for r in rows]}
         return await self._handle("samples", request, work)
 
@@ -260,7 +277,7 @@ class Ingress:
                 category = classes[0]["name"] if classes[0]["name"] in v.categories else None
             elif wanted != "all":
                 category = wanted
-            hits = await self.search.search.remote(out["embedding"], v.index_id, k, category)
+            hits = await call(self.search.search, out["embedding"], v.index_id, k, category)
             return {"model_id": v.model_id, "index_id": v.index_id, "predicted": classes[0]["name"],
                     "classes": classes, "category": category, "k": k,
                     "results": [{**h, "image_url": f"/v1/items/{h['item_id']}/image"} for h in hits],
@@ -273,7 +290,7 @@ class Ingress:
             if not ITEM_ID.match(item_id):
                 raise ApiError(400, "item ids are letters, digits, '.', '_' and '-' (at most 128)")
             v = await self._serving()
-            uri = await self.search.image_uri.remote(v.index_id, item_id) if v.index_id else None
+            uri = await call(self.search.image_uri, v.index_id, item_id) if v.index_id else None
             if not uri:
                 raise ApiError(404, f"no catalogue item {item_id!r} in index {v.index_id}")
             try:
