@@ -3,6 +3,10 @@
     vitrine models [--json]
     vitrine tune --grid FILE [--smoke-test] [--storage URI] [--address RAY_ADDRESS] [--resume]
     vitrine evaluate --model DIR_OR_URI [--json]
+    vitrine export-catalogue | embed | build-index | evaluate-search | nightly ...
+    vitrine serve [--config serve/config.yaml] [--port 8000] [--address ...]
+    vitrine submit [--address http://HEAD:8265] JOB [ARGS...]     # through the Ray Jobs API
+    vitrine jobs list | status ID | logs ID | stop ID
 
 Every command shares one storage root: ``--storage URI`` or ``$VITRINE_STORAGE``
 (default ``./.vitrine``).
@@ -24,6 +28,9 @@ COMMANDS = {
     "build-index": ("jobs.build_index", "build and publish the HNSW index of an embeddings run"),
     "evaluate-search": ("jobs.evaluate_search", "retrieval mAP / precision@10 and HNSW recall"),
     "nightly": ("jobs.nightly", "the nightly pipeline: embed, build the index, evaluate retrieval"),
+    "submit": ("jobs.submit", "submit a job to a Ray cluster (Jobs API), follow its logs, exit with its status"),
+    "jobs": ("jobs.ray_jobs", "list the cluster's jobs; a job's status, logs; stop one"),
+    "serve": ("jobs.serve_app", "start the search service (Ray Serve app + web page) and print its URL"),
 }
 
 

@@ -1,0 +1,524 @@
+"""A multi-node Ray cluster on this machine: a head and worker nodes, for tests and demos.
+
+    python -m cluster.local_cluster up --workers 2       # starts it, prints its addresses, returns
+    vitrine submit --address http://127.0.0.1:<dashboard port> models --json
+    python -m cluster.local_cluster status
+    python -m cluster.local_cluster down
+
+    from cluster.local_cluster import LocalCluster, LocalClusterConfig
+    with LocalCluster(LocalClusterConfig(workers=2)) as cluster:
+        cluster.dashboard_url       # Jobs API / state API: http://127.0.0.1:<port>
+        cluster.address             # GCS address for `ray.init(address=...)`
+        cluster.kill_node(1)        # SIGKILL worker 1 and every process of that node
+        cluster.add_worker()
+
+Each node is one ``ray start --block`` process that this module starts in a session of its
+own, with a temp dir of its own (nodes sharing one would share the unpacked runtime-env working
+dirs, and a worker node releasing a job's working dir deletes it under the driver on the head),
+so it owns exactly the processes of its nodes: stopping kills the process trees of those
+commands and whatever else names this cluster's temp directory on its command line. It never
+runs ``ray stop``, which kills every Ray process on the machine, other people's clusters
+included. Every node gets explicit CPUs, memory and object store; without them each node of a
+one-machine cluster claims the whole machine. Every process runs with
+``RAY_AUTH_MODE=disabled`` (Ray 2.60 turns token auth on by default). Linux only (``/proc``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Ray puts Unix sockets under <node temp dir>/session_<date>_<pid>/sockets/ and a socket path must
+# stay under 108 bytes: this much is left for the cluster's temp dir (node dirs add 3 to 4 chars).
+_MAX_TEMP_DIR_CHARS = 32
+STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class LocalClusterConfig:
+    workers: int = 2
+    head_cpus: int = 1
+    worker_cpus: int = 1
+    worker_gpus: int = 0
+    memory_mb: int = 2048  # Ray's logical memory per node (what tasks may reserve), not a limit
+    object_store_mb: int = 256  # per node, in /dev/shm
+    # Parent of the cluster's own temp dir (one dir per node: logs, sockets, unpacked working
+    # dirs); default: the system temp dir. A fresh directory is always made inside it.
+    temp_root: str = ""
+    keep_temp_dir: bool = False  # keep logs after stop()
+    start_timeout_s: float = 120.0
+    env: tuple[str, ...] = ()  # extra KEY=VALUE for every node's processes
+
+
+@dataclass
+class LocalNode:
+    index: int  # 0 is the head
+    name: str
+    pid: int  # the `ray start --block` process, leader of the node's session
+    num_cpus: int
+    resources: dict = field(default_factory=dict)  # custom resources
+    log_path: str = ""
+    node_id: str = ""
+    raylet_pid: int = 0
+    alive: bool = True
+
+    @property
+    def is_head(self) -> bool:
+        return self.index == 0
+
+
+class LocalCluster:
+    """A head and ``config.workers`` worker nodes on this machine; a context manager."""
+
+    def __init__(self, config: LocalClusterConfig | None = None):
+        self.config = config or LocalClusterConfig()
+        self.nodes: list[LocalNode] = []
+        self.temp_dir = ""
+        self.gcs_port = 0
+        self.dashboard_port = 0
+        self._procs: dict[int, subprocess.Popen] = {}
+        self._owns_processes = True
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The GCS address: ``ray.init(address=...)``, ``ray start --address``."""
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard: Jobs API (``vitrine submit --address``), state API."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> LocalCluster:
+        if self.nodes:
+            raise RuntimeError("this LocalCluster is already started")
+        root = self.config.temp_root or tempfile.gettempdir()
+        os.makedirs(root, exist_ok=True)
+        self.temp_dir = tempfile.mkdtemp(prefix="vray-", dir=root)
+        if len(self.temp_dir) > _MAX_TEMP_DIR_CHARS:
+            os.rmdir(self.temp_dir)
+            raise ValueError(f"temp dir {self.temp_dir!r} is too long for Ray's Unix sockets "
+                             f"(at most {_MAX_TEMP_DIR_CHARS} characters): pass a shorter temp_root")
+        self.gcs_port, self.dashboard_port = _free_port(), _free_port()
+        try:
+            head = self._launch(0, "head", self.config.head_cpus, {}, [
+                "--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true",
+                f"--ray-client-server-port={_free_port()}", "--num-gpus=0"])
+            self._wait_started(head)
+            self._wait_dashboard()
+            self._wait_alive(head)
+            for _ in range(self.config.workers):
+                self.add_worker()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def add_worker(self, num_cpus: int | None = None, resources: dict | None = None) -> LocalNode:
+        """Start one more worker node (as an autoscaler would) and wait until it is alive."""
+        for attempt in (1, 2):
+            node = self._launch_worker(num_cpus, resources)
+            try:
+                self._wait_started(node)
+                self._wait_alive(node)
+                return node
+            except RuntimeError:
+                # On a loaded machine a raylet can miss `ray start`'s 30 s registration window
+                # (seen on 2 cores); a second start succeeds.
+                _kill_all(_process_tree(node.pid), signal.SIGKILL)
+                self._reap(node.index)
+                self.nodes.pop()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def kill_node(self, index: int) -> LocalNode:
+        """SIGKILL node ``index`` (0 is the head) and every process of it at once: its raylet,
+        agents and worker processes, as when a machine disappears. Returns right away; the GCS
+        notices within its health-check period (:meth:`wait_for_node_state`)."""
+        node = self.nodes[index]
+        if not node.alive:
+            raise RuntimeError(f"{node.name} is already dead")
+        _kill_all(_process_tree(node.pid), signal.SIGKILL)
+        node.alive = False
+        self._reap(index)
+        return node
+
+    def stop(self) -> None:
+        """Kill every process of this cluster (workers first) and remove its temp dir."""
+        for node in reversed(self.nodes):
+            if node.alive or _pid_alive(node.pid):
+                if self._owns_processes or _is_our_ray_start(node.pid, self.temp_dir):
+                    _kill_all(_process_tree(node.pid), signal.SIGKILL)
+                node.alive = False
+            self._reap(node.index)
+        if self.temp_dir:
+            # Workers whose parent died first were re-parented out of the trees above; they
+            # still name our (unique) temp dir in their command lines.
+            _kill_all(_pids_naming(self.temp_dir), signal.SIGKILL)
+            _wait_gone(_pids_naming(self.temp_dir), timeout_s=10)
+            if not self.config.keep_temp_dir:
+                import shutil
+
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- cluster state through the dashboard (no driver needed) --------------------------------
+
+    def node_states(self) -> dict[str, str]:
+        """node id → ``ALIVE`` / ``DEAD``, as the GCS sees them."""
+        from ray.util.state import list_nodes
+
+        # Ray lets $RAY_ADDRESS override the address it is given: it may name another cluster.
+        saved = {k: os.environ.pop(k) for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS") if k in os.environ}
+        try:
+            return {n.node_id: n.state for n in list_nodes(address=self.dashboard_url, limit=1000)}
+        finally:
+            os.environ.update(saved)
+
+    def wait_for_node_state(self, node_id: str, state: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if self.node_states().get(node_id) == state:
+                    return
+            except Exception:  # noqa: BLE001, S110 - the dashboard is briefly busy right after a node dies
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {node_id[:12]} did not become {state} within {timeout_s:.0f} s")
+            time.sleep(0.5)
+
+    def node_by_id(self, node_id: str) -> LocalNode:
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    # -- state file (the CLI's `up` returns while the cluster keeps running) --------------------
+
+    def to_state(self) -> dict:
+        return {"address": self.address, "dashboard_url": self.dashboard_url, "gcs_port": self.gcs_port,
+                "dashboard_port": self.dashboard_port, "temp_dir": self.temp_dir,
+                "config": dataclasses.asdict(self.config), "nodes": [dataclasses.asdict(n) for n in self.nodes]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> LocalCluster:
+        """A handle on a cluster another process started (for ``down`` and ``status``)."""
+        cfg = dict(state["config"])
+        cfg["env"] = tuple(cfg.get("env", ()))
+        cluster = cls(LocalClusterConfig(**cfg))
+        cluster.gcs_port, cluster.dashboard_port = state["gcs_port"], state["dashboard_port"]
+        cluster.temp_dir = state["temp_dir"]
+        cluster.nodes = [LocalNode(**n) for n in state["nodes"]]
+        for node in cluster.nodes:
+            node.alive = node.alive and _is_our_ray_start(node.pid, cluster.temp_dir)
+        # Not our children: before killing a pid, check it is still one of this cluster's nodes.
+        cluster._owns_processes = False
+        return cluster
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # Another cluster's address must not leak into this one's processes.
+        for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+            env.pop(key, None)
+        env["RAY_AUTH_MODE"] = "disabled"
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # Job entrypoints (`python -m jobs.cli ...`) must find this interpreter, as in an activated venv.
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        for pair in self.config.env:
+            key, _, value = pair.partition("=")
+            env[key] = value
+        return env
+
+    def _launch_worker(self, num_cpus: int | None = None, resources: dict | None = None) -> LocalNode:
+        index = len(self.nodes)
+        # Every worker can be targeted as "any worker" or as this one worker.
+        res = {"local_worker": 1, f"local_worker_{index}": 1, **(resources or {})}
+        cpus = self.config.worker_cpus if num_cpus is None else num_cpus
+        return self._launch(index, f"worker-{index}", cpus, res, [
+            f"--address={self.address}", f"--resources={json.dumps(res)}", f"--num-gpus={self.config.worker_gpus}"])
+
+    def _launch(self, index: int, name: str, num_cpus: int, resources: dict, args: list[str]) -> LocalNode:
+        node_dir = os.path.join(self.temp_dir, f"n{index}")
+        os.makedirs(node_dir, exist_ok=True)
+        log_path = os.path.join(node_dir, "ray-start.out")
+        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args,
+               f"--num-cpus={num_cpus}", f"--memory={self.config.memory_mb * 2**20}",
+               f"--object-store-memory={self.config.object_store_mb * 2**20}", f"--temp-dir={node_dir}",
+               f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats"]
+        with open(log_path, "wb") as log:
+            # A session of its own: Ctrl-C in the terminal that started us does not reach the
+            # node, and the node's processes are ours to kill, nobody else's.
+            proc = subprocess.Popen(cmd, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        node = LocalNode(index=index, name=name, pid=proc.pid, num_cpus=num_cpus, resources=resources,
+                         log_path=log_path)
+        self._procs[index] = proc
+        self.nodes.append(node)
+        return node
+
+    def _wait_started(self, node: LocalNode) -> None:
+        """Until the node's raylet runs; its command line carries the node id."""
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while True:
+            proc = self._procs[node.index]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{node.name} exited with {proc.returncode} while starting:\n{_tail(node.log_path)}")
+            for pid in _process_tree(node.pid):
+                args = _cmdline(pid)
+                if args and os.path.basename(args[0]) == "raylet":
+                    node_id = next((a.split("=", 1)[1] for a in args if a.startswith("--node_id=")), "")
+                    if node_id:
+                        node.node_id, node.raylet_pid = node_id, pid
+                        return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{node.name}: no raylet after {self.config.start_timeout_s:.0f} s:\n"
+                                   f"{_tail(node.log_path)}")
+            time.sleep(0.2)
+
+    def _wait_dashboard(self) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            proc = self._procs[0]
+            if proc.poll() is not None:
+                raise RuntimeError(f"the head exited with {proc.returncode}:\n{_tail(self.nodes[0].log_path)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the dashboard at {self.dashboard_url} did not answer within "
+                                   f"{self.config.start_timeout_s:.0f} s:\n{_tail(self.nodes[0].log_path)}")
+            time.sleep(0.3)
+
+    def _wait_alive(self, node: LocalNode) -> None:
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while True:
+            try:
+                if self.node_states().get(node.node_id) == "ALIVE":
+                    return
+            except Exception:  # noqa: BLE001, S110 - the state API answers errors while the head starts up
+                pass
+            proc = self._procs[node.index]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{node.name} exited with {proc.returncode}:\n{_tail(node.log_path)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{node.name} did not register within {self.config.start_timeout_s:.0f} s")
+            time.sleep(0.3)
+
+    def _reap(self, index: int) -> None:
+        proc = self._procs.pop(index, None)
+        if proc is not None:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+# -- processes (Linux /proc) --------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _parents() -> dict[int, int]:
+    """pid → parent pid of every process (zombies included; killing one is harmless)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        parents[int(entry)] = int(fields[1])
+    return parents
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants, parents first."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _parents().items():
+        children.setdefault(parent, []).append(child)
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop(0)
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def _pids_naming(text: str) -> list[int]:
+    me = os.getpid()
+    return [pid for pid in _parents() if pid != me and any(text in a for a in _cmdline(pid))]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_our_ray_start(pid: int, temp_dir: str) -> bool:
+    """Still the `ray start` of this cluster, not a reused pid."""
+    args = _cmdline(pid)
+    return "start" in args and any(a.startswith(f"--temp-dir={temp_dir}{os.sep}") for a in args)
+
+
+def _kill_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _wait_gone(pids: list[int], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if _pid_alive(p) and not _is_zombie(p)]
+        if not alive:
+            return
+        time.sleep(0.1)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().decode(errors="replace").rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _tail(path: str, lines: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+
+def default_state_dir() -> str:
+    from artifacts import storage
+
+    root = storage.default_root()
+    # The state file names local pids: it belongs on this machine, never in object storage.
+    return os.path.join(".vitrine" if storage.is_remote(root) else root, "local-cluster")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cluster.local_cluster", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=("up", "status", "down"))
+    p.add_argument("--workers", type=int, help="worker nodes (default 2)")
+    p.add_argument("--head-cpus", type=int, help="logical CPUs of the head (default 1)")
+    p.add_argument("--worker-cpus", type=int, help="logical CPUs of each worker (default 1)")
+    p.add_argument("--memory-mb", type=int, help="Ray's logical memory per node (default 2048)")
+    p.add_argument("--object-store-mb", type=int, help="object store per node (default 256)")
+    p.add_argument("--state-dir", help="where `up` records the cluster's pids "
+                                       "(default <storage root>/local-cluster, i.e. .vitrine/local-cluster)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from artifacts.configuration import load_config
+
+    args = build_parser().parse_args(argv)
+    state_path = Path(args.state_dir or default_state_dir()) / STATE_FILE
+    if args.action == "up":
+        if state_path.exists() and _any_alive(json.loads(state_path.read_text())):
+            print(f"a local cluster is already up ({state_path}); `python -m cluster.local_cluster down` first",
+                  file=sys.stderr)
+            return 1
+        config = load_config(LocalClusterConfig, values={
+            "workers": args.workers, "head_cpus": args.head_cpus, "worker_cpus": args.worker_cpus,
+            "memory_mb": args.memory_mb, "object_store_mb": args.object_store_mb})
+        cluster = LocalCluster(config).start()
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        state_path.write_text(json.dumps(cluster.to_state(), indent=2))
+        _print_status(cluster)
+        print(f"\nsubmit jobs:  vitrine submit --address {cluster.dashboard_url} models --json")
+        print(f"drivers:      RAY_ADDRESS={cluster.address} RAY_AUTH_MODE=disabled python ...")
+        print("stop it:      python -m cluster.local_cluster down")
+        return 0
+    if not state_path.exists():
+        print(f"no local cluster recorded in {state_path}", file=sys.stderr)
+        return 1
+    cluster = LocalCluster.from_state(json.loads(state_path.read_text()))
+    if args.action == "status":
+        _print_status(cluster)
+        return 0
+    cluster.stop()
+    state_path.unlink()
+    print(f"stopped the local cluster ({len(cluster.nodes)} nodes)")
+    return 0
+
+
+def _any_alive(state: dict) -> bool:
+    return any(_is_our_ray_start(n["pid"], state["temp_dir"]) for n in state["nodes"])
+
+
+def _print_status(cluster: LocalCluster) -> None:
+    try:
+        states = cluster.node_states()
+    except Exception as exc:
+        states = {}
+        print(f"(dashboard not answering: {type(exc).__name__})")
+    print(f"dashboard / Jobs API: {cluster.dashboard_url}")
+    print(f"GCS address:          {cluster.address}")
+    print(f"logs:                 {cluster.temp_dir}")
+    for n in cluster.nodes:
+        state = states.get(n.node_id, "?" if n.alive else "DEAD")
+        print(f"  {n.name:<9} pid {n.pid:<7} node {n.node_id[:12] or '?':<12} cpus {n.num_cpus} "
+              f"{json.dumps(n.resources) if n.resources else '':<40} {state}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""One local multi-node Ray cluster for the session: a head and two workers, each a real
+`ray start` on this machine with 1 logical CPU (starting a node costs ~8 s)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    from cluster.local_cluster import LocalCluster, LocalClusterConfig
+
+    # This process talks to the cluster too (Jobs API, state API): the same auth mode as its nodes.
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.pop("RAY_ADDRESS", None)
+    config = LocalClusterConfig(workers=2, head_cpus=1, worker_cpus=1, memory_mb=3072, object_store_mb=256,
+                                env=("TF_CPP_MIN_LOG_LEVEL=2", "RAY_DEDUP_LOGS=0"))
+    with LocalCluster(config) as cluster:
+        yield cluster
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def submit_env(monkeypatch, tmp_path):
+    """What `vitrine submit` forwards from this process, pinned: storage in this test's tmp dir,
+    no dataset or S3 settings leaking in from the shell (the Makefile exports some)."""
+    from jobs.embed_catalogue import STORAGE_ENV_VARS
+    from jobs.submit import VITRINE_ENV_VARS
+
+    for key in (*VITRINE_ENV_VARS, *STORAGE_ENV_VARS):
+        monkeypatch.delenv(key, raising=False)
+    root = tmp_path / "store"
+    monkeypatch.setenv("VITRINE_STORAGE", str(root))
+    return root

@@ -1,0 +1,179 @@
+"""The KubeRay manifests (cluster/k8s/) and the nightly CronJob agree with the code they run: real
+commands and files, the installed Ray, the project's dependencies, serve/config.yaml and
+ray_cluster.yaml. No Kubernetes needed: these are the mistakes a cluster would only show at 2 a.m."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from jobs.cli import COMMANDS
+from jobs.submit import project_requirements
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "cluster" / "k8s"
+MANIFESTS = sorted(K8S.glob("*.yaml"))
+CRONJOB = ROOT / "cluster" / "nightly" / "cronjob.yaml"
+
+
+def docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def one(path: Path, kind: str) -> dict:
+    found = [d for d in docs(path) if d["kind"] == kind]
+    assert len(found) == 1, f"{path.name}: expected one {kind}"
+    return found[0]
+
+
+def cluster_specs() -> dict[str, dict]:
+    """Every RayCluster spec in the manifests, whether standalone or inside a RayJob/RayService."""
+    return {"raycluster": one(K8S / "raycluster.yaml", "RayCluster")["spec"],
+            "rayjob": one(K8S / "rayjob-tune.yaml", "RayJob")["spec"]["rayClusterSpec"],
+            "rayservice": one(K8S / "rayservice.yaml", "RayService")["spec"]["rayClusterConfig"]}
+
+
+def containers(node) -> list[dict]:
+    """Every container (dicts with an ``image``) anywhere in a manifest."""
+    found = []
+    if isinstance(node, dict):
+        if "image" in node and "name" in node:
+            found.append(node)
+        for value in node.values():
+            found.extend(containers(value))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(containers(value))
+    return found
+
+
+def vitrine_command(command: str) -> tuple[str, list[str]]:
+    """``python -m jobs.cli <job> ...`` / ``vitrine <job> ...`` / ``python -m jobs.<module> ...`` →
+    (the vitrine sub-command, its arguments); fails for anything else."""
+    words = shlex.split(command)
+    if words[:3] == ["python", "-m", "jobs.cli"]:
+        job, args = words[3], words[4:]
+    elif words[0] == "vitrine":
+        job, args = words[1], words[2:]
+    elif words[:2] == ["python", "-m"] and words[2].startswith("jobs."):
+        by_module = {module: name for name, (module, _) in COMMANDS.items()}
+        assert words[2] in by_module, f"{words[2]} is no vitrine job module"
+        job, args = by_module[words[2]], words[3:]
+    else:
+        raise AssertionError(f"not a vitrine command: {command}")
+    assert job in COMMANDS, f"{job!r} is not a vitrine command ({', '.join(sorted(COMMANDS))})"
+    return job, args
+
+
+def test_every_manifest_parses_with_the_kinds_kuberay_knows():
+    assert {p.name for p in MANIFESTS} >= {"raycluster.yaml", "rayjob-tune.yaml", "rayservice.yaml",
+                                           "serviceaccount.yaml"}
+    for path in MANIFESTS:
+        for d in docs(path):
+            assert d["apiVersion"] in ("ray.io/v1", "v1"), path.name
+            assert d["kind"] in ("RayCluster", "RayJob", "RayService", "ServiceAccount"), path.name
+            assert d["metadata"]["name"], path.name
+
+
+@pytest.mark.parametrize("name", ["raycluster", "rayjob", "rayservice"])
+def test_cluster_specs_have_what_kuberay_requires(name):
+    spec = cluster_specs()[name]
+    assert spec["rayVersion"] == ray.__version__
+    head = spec["headGroupSpec"]
+    assert "rayStartParams" in head and head["template"]["spec"]["containers"]
+    assert head["rayStartParams"].get("num-cpus") == "0", "the head runs drivers and Serve's proxy, no work"
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["authOptions"] == {"mode": "token", "secretName": "vitrine-ray-auth"}
+    for group in spec["workerGroupSpecs"]:
+        assert group["groupName"] and "rayStartParams" in group
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], group["groupName"]
+        for c in group["template"]["spec"]["containers"]:
+            gpus = int(c["resources"]["limits"].get("nvidia.com/gpu", 0))
+            assert (gpus > 0) == c["image"].endswith("-gpu"), f"{group['groupName']}: GPU image iff GPU limits"
+    for pod in [head, *spec["workerGroupSpecs"]]:
+        assert pod["template"]["spec"]["serviceAccountName"] == "vitrine-ray"  # S3 through the IAM role
+
+
+def test_images_match_the_installed_ray_and_ray_cluster_yaml():
+    launcher_image = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())["docker"]["image"]
+    repo, tag = launcher_image.split(":")
+    python_tag = tag.split("-")[1]  # "2.60.0-py311-gpu" -> "py311"
+    assert tag.startswith(f"{ray.__version__}-")
+    allowed = {f"{repo}:{ray.__version__}-{python_tag}", f"{repo}:{ray.__version__}-{python_tag}-gpu"}
+    images = [c["image"] for p in [*MANIFESTS, CRONJOB] for d in docs(p) for c in containers(d)]
+    assert images and set(images) <= allowed, set(images) - allowed
+
+
+def test_worker_groups_match_the_launcher_config():
+    launcher = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    types = launcher["available_node_types"]
+    spec = cluster_specs()["raycluster"]
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert set(groups) == {"cpu-workers", "gpu-workers"}
+    for group, node_type in (("cpu-workers", "cpu_worker"), ("gpu-workers", "gpu_worker")):
+        assert groups[group]["minReplicas"] == types[node_type]["min_workers"]
+        assert groups[group]["maxReplicas"] == types[node_type]["max_workers"]
+    assert types[launcher["head_node_type"]]["resources"].get("CPU") == 0
+    assert spec["autoscalerOptions"]["idleTimeoutSeconds"] == launcher["idle_timeout_minutes"] * 60
+
+
+def test_the_rayjob_runs_a_real_grid_with_the_projects_gpu_dependencies():
+    job = one(K8S / "rayjob-tune.yaml", "RayJob")["spec"]
+    command, args = vitrine_command(job["entrypoint"])
+    assert command == "tune"
+    grid = args[args.index("--grid") + 1]
+    assert (ROOT / grid).is_file(), grid
+    from jobs.tune_grid import build_parser
+
+    build_parser().parse_args(args)  # every flag exists
+    assert job["shutdownAfterJobFinishes"] is True
+    env = yaml.safe_load(job["runtimeEnvYAML"])
+    assert env["working_dir"].startswith("s3://") and env["working_dir"].endswith(".zip")
+    assert sorted(env["pip"]) == sorted(project_requirements(gpu=True))
+    submitter = job["submitterPodTemplate"]["spec"]["containers"][0]
+    token = {e["name"]: e for e in submitter["env"]}["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token["name"] == job["rayClusterSpec"]["authOptions"]["secretName"]
+
+
+def test_the_rayservice_carries_serve_config_yaml():
+    from ray.serve.schema import ServeDeploySchema
+
+    service = one(K8S / "rayservice.yaml", "RayService")["spec"]
+    deployed = yaml.safe_load(service["serveConfigV2"])
+    ServeDeploySchema.model_validate(deployed)  # what `serve deploy` and KubeRay accept
+    local = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    ServeDeploySchema.model_validate(local)
+    apps = deployed["applications"]
+    for app in apps:
+        env = app.pop("runtime_env")
+        assert env["working_dir"].startswith("s3://")  # serveConfigV2 takes no local paths
+        assert sorted(env["pip"]) == sorted(project_requirements(gpu=False))
+    # Same applications, import paths, args, deployments and autoscaling: copy serve/config.yaml's
+    # text into serveConfigV2 (indented) whenever it changes.
+    assert deployed == local, "cluster/k8s/rayservice.yaml serveConfigV2 differs from serve/config.yaml"
+    assert {d["name"] for a in apps for d in a["deployments"]} >= {"Ingress", "Classifier", "Search"}
+
+
+def test_the_nightly_cronjob_submits_a_real_job_to_the_raycluster():
+    cron = one(CRONJOB, "CronJob")
+    raycluster = one(K8S / "raycluster.yaml", "RayCluster")
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    script = " ".join(container["args"])
+    # KubeRay names the head service <RayCluster name>-head-svc.
+    assert f"http://{raycluster['metadata']['name']}-head-svc:8265" in script
+    command, args = vitrine_command(script.split(" -- ", 1)[1])
+    assert command == "nightly"
+    config = args[args.index("--config") + 1]
+    assert (ROOT / config).is_file(), config
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    secret = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert secret["name"] == raycluster["spec"]["authOptions"]["secretName"] and secret["key"] == "auth_token"
+    runtime_env = json.loads(script.split("--runtime-env-json '", 1)[1].split("'", 1)[0])
+    assert runtime_env["working_dir"].startswith("s3://")
+    assert sorted(runtime_env["pip"]) == sorted(project_requirements(gpu=False))
