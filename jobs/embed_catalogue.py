@@ -300,25 +300,33 @@ def run(config: EmbedConfig) -> EmbedResult:
     error_tables = [pa.Table.from_pylist(failed_early, schema=embeddings.ERRORS_SCHEMA)] if failed_early else []
     todo = plan.todo
     t = time.perf_counter()
-    if todo.num_rows:
-        if todo.num_rows <= config.local_max_items:
-            batches = _embed_here(todo, model_uri, card, config)
-            timings["mode"] = "in-process"
-        else:
-            batches = _embed_with_ray_data(todo, model_uri, card, config)
-            timings["mode"] = "ray-data"
-        progress = _Progress(todo.num_rows)
-        for batch in batches:
-            ok, bad = _split(batch, dim)
-            writer.write(ok)
-            if bad.num_rows:
-                error_tables.append(bad)
-            progress.update(ok.num_rows, bad.num_rows)
-        progress.done()
-    timings["embed_s"] = time.perf_counter() - t
-    writer.close()
-    errors = pa.concat_tables(error_tables) if error_tables else embeddings.ERRORS_SCHEMA.empty_table()
-    _write_parquet(errors, storage.join(errors_uri, "part-00000.parquet"))
+    latest_before = _latest_run(runs_uri)  # for the error message: storage may be down by then
+    try:
+        if todo.num_rows:
+            if todo.num_rows <= config.local_max_items:
+                batches = _embed_here(todo, model_uri, card, config)
+                timings["mode"] = "in-process"
+            else:
+                batches = _embed_with_ray_data(todo, model_uri, card, config)
+                timings["mode"] = "ray-data"
+            progress = _Progress(todo.num_rows)
+            for batch in batches:
+                ok, bad = _split(batch, dim)
+                writer.write(ok)
+                if bad.num_rows:
+                    error_tables.append(bad)
+                progress.update(ok.num_rows, bad.num_rows)
+            progress.done()
+        timings["embed_s"] = time.perf_counter() - t
+        writer.close()
+        errors = pa.concat_tables(error_tables) if error_tables else embeddings.ERRORS_SCHEMA.empty_table()
+        _write_parquet(errors, storage.join(errors_uri, "part-00000.parquet"))
+    except Exception as exc:
+        # Storage gone, a node lost past Ray's retries, a model that does not load: one sentence
+        # a scheduler's alert can show, with the root cause, and the fact that nothing changed.
+        raise EmbedFailedError(
+            f"embedding run {run_id} failed and was NOT published (LATEST unchanged: "
+            f"{latest_before or 'no earlier run'}): {_root_cause(exc)}") from exc
     counts["failed"] = errors.num_rows
     counts["embedded"] = writer.rows - plan.carried.num_rows
     if writer.rows + errors.num_rows != total:
@@ -397,6 +405,32 @@ def _embed_here(todo, model_uri: str, card, config: EmbedConfig):
     spec = card.preprocess_spec.to_dict()
     for start in range(0, todo.num_rows, config.batch_size):
         yield embedder(decode_batch(todo.slice(start, config.batch_size), spec=spec, io_threads=config.io_threads))
+
+
+def _latest_run(runs_uri: str) -> str | None:
+    from artifacts import publish
+
+    try:
+        return publish.latest_id(runs_uri)
+    except Exception:  # storage may be the very thing that is down
+        return None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost ``SomeError: message`` line: Ray wraps a worker's error in tracebacks."""
+    import re
+
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or getattr(exc, "cause", None)
+    pattern = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (\S.*)$")
+    for e in reversed(chain):
+        found = [m for m in map(pattern.match, str(e).splitlines()) if m]
+        if found:
+            return f"{found[-1].group(1)}: {found[-1].group(2)}"[:500]
+    return f"{type(chain[-1]).__name__}: {str(chain[-1]).strip()[:400]}"
 
 
 def _embed_with_ray_data(todo, model_uri: str, card, config: EmbedConfig):
