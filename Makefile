@@ -10,7 +10,7 @@ export RAY_AUTH_MODE ?= disabled
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup run batch serve test smoke clean
+.PHONY: setup run batch serve test reliability smoke clean
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,13 @@ smoke: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fault-injection tests alone (also part of `make test`), verbose, with what each one saw;
+# the output is what docs/RELIABILITY.md quotes.
+reliability: setup
+	mkdir -p $(VITRINE_STORAGE)
+	$(BIN)/python -m pytest -m fault -v -s 2>&1 | tee $(VITRINE_STORAGE)/reliability-last-run.txt | \
+		grep -E '^(tests/|PASSED|FAILED|cluster:|Classifier:|Search:|outcome:|node loss:|grid resume:|=+ .* in )'
 
 clean:
 	rm -rf .vitrine .pytest_cache

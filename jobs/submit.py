@@ -53,7 +53,8 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 EXCLUDES = ("/.git", "/.venv", "/.vitrine", "/tests", "**/__pycache__", "*.egg-info", "/.pytest_cache", "/build",
             "/dist")
 # Where the job finds its data, storage and models; the S3 list is the embedding job's own.
-VITRINE_ENV_VARS = ("VITRINE_STORAGE", "FASHION_MNIST_DIR", "VITRINE_LOG_LEVEL", "VITRINE_BACKBONE_WEIGHTS")
+VITRINE_ENV_VARS = ("VITRINE_STORAGE", "FASHION_MNIST_DIR", "VITRINE_LOG_LEVEL", "VITRINE_LOG_FORMAT",
+                    "VITRINE_BACKBONE_WEIGHTS")
 # Sub-commands that talk to a cluster from outside; submitting them would recurse.
 NOT_SUBMITTABLE = ("submit", "jobs")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")

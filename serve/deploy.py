@@ -24,7 +24,7 @@ APP_NAME = "vitrine"
 # Settings a replica on another node needs to reach the same object storage as this process.
 FORWARDED_ENV = ("VITRINE_STORAGE", "VITRINE_S3_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                  "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-                 "TF_CPP_MIN_LOG_LEVEL", "VITRINE_LOG_LEVEL")
+                 "TF_CPP_MIN_LOG_LEVEL", "VITRINE_LOG_LEVEL", "VITRINE_LOG_FORMAT")
 
 
 class DeployError(RuntimeError):

@@ -18,7 +18,7 @@ from tests.serve.conftest import http, serve_port, serving_store  # noqa: F401  
 from tests.serve.test_hot_swap import Load, wait_until
 from tests.serve.test_replica_faults import replica_pids
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fault]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -18,7 +18,7 @@ from jobs.export_catalogue import ExportConfig
 from jobs.export_catalogue import run as export
 from tests.jobs.test_embed_catalogue import save_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fault]
 
 
 class FlakyProxy:

@@ -11,7 +11,7 @@ from artifacts import storage
 from serve import deploy
 from tests.serve.test_hot_swap import Load, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fault]
 
 TWO_EACH = {name: {"autoscaling_config": {"min_replicas": 2, "initial_replicas": 2, "max_replicas": 2}}
             for name in ("Classifier", "Search")}

@@ -78,6 +78,7 @@ def test_vitrine_models_json_lists_every_model():
     assert all({"name", "params", "input_shape", "embedding_dim"} <= set(r) for r in rows)
 
 
+@pytest.mark.fault
 def test_interrupted_grid_resumes_without_redoing_finished_trials(ray_local, tiny_fashion_mnist, tmp_path):
     import os
     import signal
@@ -112,3 +113,5 @@ def test_interrupted_grid_resumes_without_redoing_finished_trials(ray_local, tin
     # Resumed, not restarted: the same run directory, and the finished trial reported only once.
     assert Path(result.run_uri) == first.parent.parent
     assert len(first.read_text().strip().splitlines()) == 1
+    print(f"grid resume: driver SIGKILLed after {len(finished)} finished trial(s); --resume finished all "
+          f"{len(result.leaderboard)} in the same run, the finished one not redone")
