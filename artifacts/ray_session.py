@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 
-def ensure_ray(address: str = "", num_cpus: int = 0) -> None:
+def ensure_ray(address: str = "", num_cpus: int = 0, *, metrics_export_port: int = 0) -> None:
     """Connect once per process; ``address`` ("auto", "ray://…", "host:port") or a local Ray with
-    ``num_cpus`` CPUs (0 = all). A process already connected keeps its connection."""
+    ``num_cpus`` CPUs (0 = all). A process already connected keeps its connection.
+
+    ``metrics_export_port`` (local Ray only): where Ray's metrics agent serves Prometheus text
+    (``/metrics``); 0 lets Ray pick one. On a cluster, ``ray start --metrics-export-port`` sets it.
+    """
     import ray
 
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address)
+    elif metrics_export_port:
+        ray.init(num_cpus=num_cpus or None, include_dashboard=False, _metrics_export_port=metrics_export_port)
     else:
         ray.init(num_cpus=num_cpus or None, include_dashboard=False)
+
+
+def metrics_url() -> str | None:
+    """The Prometheus endpoint of this process's Ray node, once connected."""
+    import ray
+
+    try:
+        node = ray._private.worker.global_worker.node  # no public accessor for the port
+        return f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
+    except Exception:
+        return None

@@ -34,12 +34,14 @@ class ServeConfig:
     index: str = ""  # override the app's index selector ("latest" or an index id)
     poll_interval_s: float = 0.0  # override how often LATEST is checked
     timeout_s: float = 300.0  # to wait for every deployment to be RUNNING
+    metrics_port: int = 8080  # local Ray only: Prometheus text at http://127.0.0.1:<port>/metrics
 
 
 @dataclass
 class ServeResult:
     url: str
     replicas: dict
+    metrics_url: str | None = None
 
 
 def run(config: ServeConfig) -> ServeResult:
@@ -51,11 +53,14 @@ def run(config: ServeConfig) -> ServeResult:
         args={"storage": config.storage or None, "model": config.model or None, "index": config.index or None,
               "poll_interval_s": config.poll_interval_s or None},
         http={k: v for k, v in (("host", config.host), ("port", config.port)) if v})
-    ensure_ray(config.address, config.num_cpus)
+    from artifacts.ray_session import metrics_url
+
+    ensure_ray(config.address, config.num_cpus, metrics_export_port=config.metrics_port)
     url = deploy.deploy(spec, timeout_s=config.timeout_s)
     replicas = deploy.replica_counts()
-    log.info("serving at %s (replicas: %s)", url, replicas)
-    return ServeResult(url=url, replicas=replicas)
+    metrics = metrics_url() if not config.address else None
+    log.info("serving at %s (replicas: %s; metrics: %s)", url, replicas, metrics or "each node's metrics port")
+    return ServeResult(url=url, replicas=replicas, metrics_url=metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="", help='"index" (default) or a model id to pin')
     p.add_argument("--index", default="", help='"latest" (default) or an index id to pin')
     p.add_argument("--poll-interval-s", type=float, default=0.0)
+    p.add_argument("--metrics-port", type=int, default=8080, help="local Ray's Prometheus port (0 = any)")
     p.add_argument("--no-block", action="store_true", help="return once the app is running")
     return p
 
@@ -79,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     result = run(ServeConfig(config=args.config, storage=args.storage, address=args.address, num_cpus=args.num_cpus,
                              host=args.host, port=args.port, model=args.model, index=args.index,
-                             poll_interval_s=args.poll_interval_s))
+                             poll_interval_s=args.poll_interval_s, metrics_port=args.metrics_port))
     print(f"vitrine is serving: open {result.url} (API: {result.url}v1/info, {result.url}docs)", flush=True)
+    if result.metrics_url:
+        print(f"metrics (Prometheus text): {result.metrics_url}", flush=True)
     if args.no_block or args.address:
         return 0
     try:

@@ -1,0 +1,35 @@
+"""The app's metrics reach Ray's metrics agent and come out in Prometheus text format."""
+
+import time
+import urllib.request
+
+import pytest
+
+from artifacts.ray_session import metrics_url
+from tests.serve.conftest import http
+
+pytestmark = pytest.mark.slow
+
+
+def test_request_counts_latency_and_index_version_are_exported(app_url):
+    info = http(app_url + "/v1/info").json()
+    sample = http(app_url + "/v1/samples").json()["samples"][0]
+    image = http(app_url + sample["image_url"]).body
+    for _ in range(3):
+        assert http(app_url + "/v1/search?k=3", image).status == 200
+    assert http(app_url + "/v1/search", b"not an image").status == 400
+    url = metrics_url()
+    assert url, "not connected to Ray"
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:  # the agent exports every few seconds
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        if 'endpoint="search"' in text and "vitrine_index_published_at" in text and 'status="400"' in text:
+            break
+        time.sleep(2)
+    lines = [line for line in text.splitlines() if line.startswith("ray_vitrine_") or line.startswith("vitrine_")]
+    requests = [line for line in lines if "vitrine_requests" in line and 'endpoint="search"' in line]
+    assert any('status="200"' in line for line in requests), lines[:20]
+    assert any('status="400"' in line for line in requests), lines[:20]
+    assert any("vitrine_request_latency_ms_bucket" in line for line in lines)
+    version = [line for line in lines if "vitrine_index_published_at" in line]
+    assert any(f'index_id="{info["index_id"]}"' in line for line in version), version
