@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from dataclasses import dataclass
 
@@ -102,12 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metrics (Prometheus text): {result.metrics_url}", flush=True)
     if args.no_block or args.address:
         return 0
+    import signal
+
+    # A supervisor stops us with SIGTERM; Ctrl-C is SIGINT: both shut the app down cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:  # the local Ray lives as long as this process
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         from ray import serve
 
+        log.info("shutting the app down")
         serve.shutdown()
     return 0
 
