@@ -33,7 +33,9 @@ def default_root() -> str:
 
 
 def is_remote(uri: str) -> bool:
-    return urlparse(str(uri)).scheme in ("s3", "s3a")
+    # A prefix test, not urlparse: this runs once per catalogue item (60k+ per nightly run).
+    head = str(uri)[:6].lower()
+    return head.startswith("s3://") or head.startswith("s3a://")
 
 
 def join(uri: str, *parts: str) -> str:

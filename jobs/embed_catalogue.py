@@ -76,9 +76,11 @@ class EmbedConfig:
     # runs on CPU-only clusters).
     decode_cpus: float = 0.5
     io_threads: int = 16  # concurrent reads per task (object storage) and when hashing
-    # At most this many items to embed: run them here, without actors (TensorFlow start-up in a
-    # fresh actor costs seconds, more than a small incremental run). 0 = always the actor pool.
-    local_max_items: int = 256
+    # At most this many items to embed: run them here, without actors. A fresh actor costs seconds
+    # (process, TensorFlow import, model load) while a small increment takes well under one in a
+    # process that holds the model (a long-lived scheduler keeps it between runs): 2,000 items is
+    # ~1 s of work here. 0 = always the actor pool.
+    local_max_items: int = 2000
     max_failure_share: float = 0.05  # of the catalogue's items; above it the run fails unpublished
     rows_per_file: int = 250_000
     forward_storage_env: bool = True  # pass this process's AWS_* settings to the Ray workers
