@@ -113,7 +113,7 @@ def read_manifest(uri: str) -> pa.Table:
         if nulls:
             raise CatalogueError(f"manifest {uri}: {nulls} row(s) have an empty {c}")
     base = _parent(uri)
-    cols["image_uri"] = pa.array(_resolve_image_uris(base, cols["image_uri"].to_pylist()), pa.string())
+    cols["image_uri"] = pa.array([_resolve_image_uri(base, u) for u in cols["image_uri"].to_pylist()], pa.string())
     cols["category"] = _empty_to_null(cols["category"])
     cols["content_sha256"] = _check_hashes(_empty_to_null(cols["content_sha256"]), uri)
     extra = [c for c in raw.column_names if c not in CORE_COLUMNS]
@@ -170,15 +170,6 @@ def _parent(uri: str) -> str:
     if storage.is_remote(uri):
         return posixpath.dirname(uri)
     return os.path.dirname(os.path.abspath(uri))
-
-
-def _resolve_image_uris(base: str, uris: list[str]) -> list[str]:
-    """Every manifest row's URI made absolute; the common case (relative paths under a local
-    manifest) without per-row scheme parsing."""
-    if storage.is_remote(base):
-        return [_resolve_image_uri(base, u) for u in uris]
-    join, norm = os.path.join, os.path.normpath
-    return [_resolve_image_uri(base, u) if ("://" in u or u.startswith("/")) else norm(join(base, u)) for u in uris]
 
 
 def _resolve_image_uri(base: str, image_uri: str) -> str:
