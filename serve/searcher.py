@@ -16,9 +16,10 @@ __all__ = ["CatalogueSearcher", "UnknownCategoryError", "IndexLoadError"]
 
 
 class CatalogueSearcher:
-    def __init__(self, index_uri: str, *, expected_dim: int | None = None, ef: int = 0, threads: int = 1):
+    def __init__(self, index_uri: str, *, ef: int = 0, threads: int = 1):
         t0 = time.time()
-        self.index = HnswIndex.load(index_uri, expected_dim=expected_dim, num_threads=threads)
+        # The model/index dimension match is checked by the ingress before a version serves.
+        self.index = HnswIndex.load(index_uri, num_threads=threads)
         if ef:
             self.index.set_ef(ef)
         manifest = self.index.manifest
