@@ -411,19 +411,7 @@ def serve_child(config_path: str, port: int, num_cpus: int, quiet_proxy: bool) -
     print(json.dumps({"ready": result.url, "replicas": result.replicas}), file=answers, flush=True)
     from serve import deploy
 
-    try:
-        for line in sys.stdin:
-            if line.strip() == "replicas":
-                print(json.dumps(deploy.replica_counts()), file=answers, flush=True)
-    finally:
-        import ray
-        from ray import serve
-
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-    return 0
+    return _answer_until_eof(answers, deploy.replica_counts)
 
 
 def noop_child(port: int, num_cpus: int, replicas: int = 1) -> int:
@@ -432,7 +420,6 @@ def noop_child(port: int, num_cpus: int, replicas: int = 1) -> int:
     HTTP proxy and one replica hop, no decoding, no model, no search."""
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
-    import ray
     from ray import serve
     from starlette.responses import Response
 
@@ -457,10 +444,18 @@ def noop_child(port: int, num_cpus: int, replicas: int = 1) -> int:
     serve.run(Noop.bind(), name="noop", route_prefix="/")
     print(json.dumps({"ready": f"http://127.0.0.1:{port}/", "replicas": {"Noop": replicas}}), file=answers,
           flush=True)
+    return _answer_until_eof(answers, lambda: {"Noop": replicas})
+
+
+def _answer_until_eof(answers, replica_counts) -> int:
+    """A child's loop: answer "replicas" on stdin until the parent closes it, then stop Serve and Ray."""
+    import ray
+    from ray import serve
+
     try:
         for line in sys.stdin:
             if line.strip() == "replicas":
-                print(json.dumps({"Noop": replicas}), file=answers, flush=True)
+                print(json.dumps(replica_counts()), file=answers, flush=True)
     finally:
         try:
             serve.shutdown()
