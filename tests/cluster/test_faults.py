@@ -48,7 +48,8 @@ def test_embedding_publishes_every_item_once_after_a_worker_node_dies(local_clus
     url = local_cluster.dashboard_url
     sid = run(SubmitConfig(job="embed", address=url, wait=False, args=(
         "--catalogue", str(cat), "--model", models, "--json", "--set", "local_max_items=0",
-        "--set", "batch_size=8", "--set", "min_actors=2", "--set", "max_actors=2"))).submission_id
+        "--set", "batch_size=8", "--set", "min_actors=2", "--set", "max_actors=2",
+        "--set", "cpus_per_actor=1"))).submission_id
     client = connect(url)
 
     # Kill the worker node that hosts an embedding actor as soon as one is serving.

@@ -110,7 +110,8 @@ def test_embedding_job_on_the_cluster_goes_through_ray_data_actors(local_cluster
     export(ExportConfig(split="train", out=cat, data=str(tiny_fashion_mnist), limit=200))
 
     result, logs = submit(local_cluster, "embed", "--catalogue", cat, "--model", models, "--json",
-                          "--set", "local_max_items=0", "--set", "batch_size=32")
+                          "--set", "local_max_items=0", "--set", "batch_size=32",
+                          "--set", "cpus_per_actor=1")  # the nodes have 1 CPU each
     assert result.succeeded, logs[-4000:]
     summary = last_json(logs)
     assert summary["timings"]["mode"] == "ray-data" and summary["counts"]["embedded"] == 200
