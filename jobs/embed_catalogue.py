@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 
 from artifacts.logs import setup_logging
 
+from .embed_stages import Embedder, decode_batch
+
 log = logging.getLogger("vitrine.embed")
 
 DEFAULT_CATALOGUE = ("catalogues", "fashion-mnist-train")  # under the storage root
@@ -107,115 +109,6 @@ class EmbedResult:
 
 class EmbedFailedError(RuntimeError):
     """Too many items failed; the run was not published."""
-
-
-# ---------------------------------------------------------------------------------------------
-# The two Ray Data stages. Plain functions of Arrow tables, so the in-process path and tests use
-# exactly the same code as the cluster.
-
-
-def decode_batch(batch, *, spec: dict, io_threads: int = 16):
-    """Catalogue rows → rows with model-ready ``pixels`` (flat fixed-size float32 lists) and an
-    ``error`` (null when the image is usable). Never raises for a bad image."""
-    import numpy as np
-    import pyarrow as pa
-
-    from artifacts import catalogue
-    from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_bytes
-
-    spec_ = PreprocessSpec.from_dict(spec)
-    size = spec_.height * spec_.width * spec_.channels
-    uris = batch.column("image_uri").to_pylist()
-    hashes = batch.column("content_sha256").to_pylist()
-    n = len(uris)
-    pixels = np.zeros((n, size), np.float32)
-    errors: list[str | None] = [None] * n
-    for i, data in enumerate(catalogue.read_many(uris, threads=io_threads)):
-        if isinstance(data, Exception):
-            errors[i] = f"cannot read image: {data}"
-            continue
-        digest = catalogue.content_sha256(data)
-        if hashes[i] is None:
-            hashes[i] = digest
-        elif hashes[i] != digest:
-            errors[i] = f"content_sha256 mismatch: the catalogue says {hashes[i]}, the file hashes to {digest}"
-            continue
-        try:
-            pixels[i] = preprocess_bytes(data, spec_).reshape(-1)
-        except ImageDecodeError as exc:
-            errors[i] = exc.reason
-        except Exception as exc:  # one odd image must not fail the batch
-            errors[i] = f"cannot preprocess image: {type(exc).__name__}: {exc}"
-    return pa.table({
-        "item_id": batch.column("item_id"),
-        "image_uri": batch.column("image_uri"),
-        "category": batch.column("category"),
-        "content_sha256": pa.array(hashes, pa.string()),
-        "pixels": pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), size),
-        "error": pa.array(errors, pa.string()),
-    })
-
-
-class Embedder:
-    """The model, loaded once per actor: decoded rows → L2-normalised embeddings, predicted
-    category and confidence (rows that arrive with an error pass through with it)."""
-
-    def __init__(self, model_uri: str, threads: int = 1):
-        setup_logging()
-        from artifacts.inference import ModelRunner, configure_tensorflow
-
-        configure_tensorflow(threads)
-        self.runner = ModelRunner(model_uri)
-        self.card = self.runner.card
-        self.model_id = self.runner.model_id
-        self.dim = self.runner.dim
-        self.shape = self.runner.shape
-        self.class_names = self.runner.class_names
-        log.info("embedder ready: model %s (dim %d) from %s, %s TF threads", self.model_id, self.dim,
-                 model_uri, threads or "default")
-
-    def __call__(self, batch):
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        from artifacts.embeddings import embeddings_schema
-
-        n = batch.num_rows
-        error = batch.column("error").combine_chunks()
-        ok = np.asarray(pc.is_null(error).to_numpy(zero_copy_only=False), dtype=bool)
-        errors = error.to_pylist()
-        emb = np.zeros((n, self.dim), np.float32)
-        predicted = [""] * n
-        confidence = np.zeros(n, np.float32)
-        if ok.any():
-            flat = batch.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            x = flat.reshape(n, *self.shape)[ok]
-            out = self.runner(x)
-            probs, zero = out.probabilities, out.zero
-            idx = np.flatnonzero(ok)
-            emb[idx] = out.embeddings
-            top = probs.argmax(axis=1)
-            confidence[idx] = probs[np.arange(len(top)), top]
-            for j, i in enumerate(idx):
-                if zero[j]:
-                    errors[i] = "the model's embedding of this image is all zeros (no features to compare)"
-                else:
-                    predicted[i] = self.class_names[int(top[j])]
-        now = np.datetime64(int(time.time() * 1000), "ms")
-        schema = embeddings_schema(self.dim)
-        return pa.table({
-            "item_id": batch.column("item_id"),
-            "category": batch.column("category"),
-            "image_uri": batch.column("image_uri"),
-            "content_sha256": batch.column("content_sha256"),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), self.dim),
-            "predicted_category": pa.array(predicted, pa.string()),
-            "confidence": pa.array(confidence),
-            "model_id": pa.array([self.model_id] * n, pa.string()),
-            "embedded_at": pa.array(np.full(n, now)).cast(schema.field("embedded_at").type),
-            "error": pa.array(errors, pa.string()),
-        })
 
 
 _LOCAL_EMBEDDER: dict[tuple[str, str], Embedder] = {}
@@ -302,7 +195,7 @@ def run(config: EmbedConfig) -> EmbedResult:
              "%d changed, %d retried, %d removed", config.catalogue, total, card.model_id, previous_run or "none",
              counts["unchanged"], counts["new"], counts["changed"], counts["retried"], counts["removed"])
 
-    writer = _RunWriter(run_uri, dim, config.rows_per_file)
+    writer = embeddings.RunWriter(run_uri, dim, config.rows_per_file)
     writer.write(plan.carried)
     error_tables = [pa.Table.from_pylist(failed_early, schema=embeddings.ERRORS_SCHEMA)] if failed_early else []
     todo = plan.todo
@@ -497,63 +390,6 @@ def _split(batch, dim: int):
     ok = batch.filter(ok_mask).select(schema.names).cast(schema)
     bad = batch.filter(pc.invert(ok_mask)).select(["item_id", "image_uri", "error"])
     return ok, bad.rename_columns(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA)
-
-
-class _RunWriter:
-    """Streams embedding rows into ``<run>/data/part-NNNNN.parquet`` with the exact schema."""
-
-    def __init__(self, run_uri: str, dim: int, rows_per_file: int):
-        from artifacts import embeddings, storage
-
-        self.data_uri = storage.join(run_uri, embeddings.DATA_DIR)
-        self.schema = embeddings.embeddings_schema(dim)
-        self.rows_per_file = max(1, rows_per_file)
-        self.rows = 0
-        self._part = 0
-        self._in_part = 0
-        self._writer = None
-        self._stream = None
-
-    def write(self, table) -> None:
-        if table is None or table.num_rows == 0:
-            return
-        table = table.select(self.schema.names).cast(self.schema)
-        while table.num_rows:
-            if self._writer is None:
-                self._open()
-            take = min(table.num_rows, self.rows_per_file - self._in_part)
-            self._writer.write_table(table.slice(0, take))
-            table = table.slice(take)
-            self._in_part += take
-            self.rows += take
-            if self._in_part >= self.rows_per_file:
-                self._close_part()
-
-    def _open(self) -> None:
-        import pyarrow.parquet as pq
-
-        from artifacts import storage
-
-        uri = storage.join(self.data_uri, f"part-{self._part:05d}.parquet")
-        fs, path = storage.resolve(uri)
-        if not storage.is_remote(uri):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._stream = fs.open_output_stream(path, compression=None)
-        self._writer = pq.ParquetWriter(self._stream, self.schema)
-
-    def _close_part(self) -> None:
-        self._writer.close()
-        self._stream.close()
-        self._writer = self._stream = None
-        self._part += 1
-        self._in_part = 0
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._close_part()
-        if self.rows == 0:  # an empty run still has a readable data table
-            self._open()
-            self._close_part()
 
 
 def _write_parquet(table, uri: str) -> None:

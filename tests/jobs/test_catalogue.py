@@ -4,6 +4,7 @@ export, on local directories and a real S3-protocol server."""
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -116,12 +117,29 @@ def test_duplicate_item_ids_are_refused_with_the_files_named(tmp_path):
         list_catalogue(str(m))
 
 
-@pytest.mark.parametrize("bad", ["../etc", "a/b", "a\\b", ".hidden", "-rf", "x..y", "with space", "é"])
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "a\\b", ".hidden", "-rf", "x..y", "with space", "é", "ok-2\n"])
 def test_unsafe_item_ids_are_refused(tmp_path, bad):
     m = tmp_path / "manifest.jsonl"
     write_manifest_file(m, [{"item_id": "ok-1", "image_uri": "x.png"}, {"item_id": bad, "image_uri": "y.png"}], "jsonl")
     with pytest.raises(CatalogueError, match="invalid item id"):
         list_catalogue(str(tmp_path))
+
+
+@pytest.mark.parametrize("base", ["/srv/shop", "/", "s3://bucket/shop", "s3://bucket"])
+def test_manifest_uris_resolve_the_same_in_bulk_as_row_by_row(base):
+    # The bulk path takes plain relative paths; anything else falls back to the row-by-row rules.
+    plain = ["a/b.png", "a.png", "a/.hidden.png", "x/..png", "é/ü.png", "..x/y.png"]
+    odd = ["./a.png", "a/../b.png", "a//b.png", "a/b/", "s3://bucket/x.png", "file:///x.png", "c:x.png", "d/./f.png"]
+    expected = [catalogue._resolve_image_uri(base, u) for u in plain]
+    assert catalogue._resolve_image_uris(base, pa.chunked_array([plain])).to_pylist() == expected
+    for u in odd:
+        try:
+            want = catalogue._resolve_image_uri(base, u)
+        except CatalogueError:
+            with pytest.raises(CatalogueError):
+                catalogue._resolve_image_uris(base, pa.chunked_array([plain + [u]]))
+            continue
+        assert catalogue._resolve_image_uris(base, pa.chunked_array([plain + [u]])).to_pylist() == expected + [want]
 
 
 def test_manifest_problems_are_reported_clearly(tmp_path):
@@ -136,9 +154,12 @@ def test_manifest_problems_are_reported_clearly(tmp_path):
     write_manifest_file(m, [{"item_id": "a", "image_uri": ""}], "jsonl")
     with pytest.raises(CatalogueError, match="1 row.* empty image_uri"):
         list_catalogue(str(m))
-    write_manifest_file(m, [{"item_id": "a", "image_uri": "x.png", "content_sha256": "abc"}], "jsonl")
-    with pytest.raises(CatalogueError, match="not 64 hex digits"):
-        list_catalogue(str(m))
+    good = "ab" * 32
+    for bad in ("abc", good + "\n", "g" * 64):
+        write_manifest_file(m, [{"item_id": "a", "image_uri": "x.png", "content_sha256": good},
+                                {"item_id": "b", "image_uri": "y.png", "content_sha256": bad}], "jsonl")
+        with pytest.raises(CatalogueError, match=re.escape(f"content_sha256 {bad!r} is not 64 hex digits")):
+            list_catalogue(str(m))
     m.write_text("{not json\n")
     with pytest.raises(CatalogueError, match="not valid jsonl"):
         list_catalogue(str(m))
