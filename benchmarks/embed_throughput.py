@@ -8,7 +8,10 @@ Measured, each in a fresh process so both sides pay their own start-up (TensorFl
 model load; Ray start for the job):
 1. baseline: a plain loop in one process: read → Pillow decode/preprocess → Keras predict →
    L2-normalise → pyarrow Parquet write;
-2. ``vitrine embed --full`` (Ray Data: decode tasks + an actor pool running the model);
+2. ``vitrine embed --full`` (Ray Data: decode tasks + an actor pool running the model), once
+   starting its own local Ray (a laptop run) and twice as a job's driver on a Ray that is
+   already running (``--address``: what ``ray job submit`` / ``vitrine submit`` runs; the first
+   job on a cluster also starts Ray Data's own actors);
 3. a second full run and an incremental run with ``--changed`` (1%) of the images edited,
    in ONE warm process (Ray, TensorFlow and the model already loaded: a long-lived driver such
    as a scheduler worker), and the same incremental run cold, from a fresh process.
@@ -182,6 +185,22 @@ def warm_runs(catalogue: str, model: str, out: str, share: float) -> dict:
     return {"times": times, "changed": changed, "counts": inc.counts, "items": first.counts["embedded"]}
 
 
+def on_running_ray(cat: Path, model: str, work: Path, env: dict) -> list[dict]:
+    """Two full runs, each a fresh driver process joining one running single-node Ray."""
+    from cluster.local_cluster import LocalCluster, LocalClusterConfig
+
+    cluster = LocalCluster(LocalClusterConfig(workers=0, head_cpus=os.cpu_count() or 1, memory_mb=8192,
+                                              object_store_mb=2048, env=(f"RAY_AUTH_MODE={env['RAY_AUTH_MODE']}",)))
+    with cluster:
+        runs = []
+        for i in (1, 2):
+            r = timed([sys.executable, "-m", "jobs.cli", "embed", "--catalogue", str(cat), "--model", model,
+                       "--out", str(work / f"running-{i}"), "--full", "--set", "local_max_items=0",
+                       "--address", cluster.address], env)
+            runs.append({"wall": r["seconds"], "peak_rss_mb": r["peak_rss_mb"]})
+    return runs
+
+
 # ----------------------------------------------------------------------------------- driver
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -223,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         r = timed([sys.executable, "-m", "jobs.cli", "embed", "--catalogue", str(cat), "--model", args.model,
                    "--out", str(work / "cold"), "--full", "--set", "local_max_items=0"], env)
         results["ray_cold"] = {"wall": r["seconds"], "peak_rss_mb": r["peak_rss_mb"]}
+        print("Ray Data job on a running Ray, fresh driver processes ...", flush=True)
+        results["ray_running"] = on_running_ray(cat, args.model, work, env)
         print("warm process: full, full, edit, incremental ...", flush=True)
         r = timed([*me, "--_warm", str(cat), args.model, str(work / "warm"), "--changed", str(args.changed)], env)
         results["warm"] = {**json.loads(r["stdout"].strip().splitlines()[-1]), "peak_rss_mb": r["peak_rss_mb"]}
@@ -238,7 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     w = results["warm"]["times"]
     rows = [
         ("plain loop (baseline), fresh process", results["plain"]["wall"], results["plain"]["peak_rss_mb"]),
-        ("`vitrine embed --full` (Ray Data), fresh process", results["ray_cold"]["wall"], results["ray_cold"]["peak_rss_mb"]),
+        ("`vitrine embed --full` (Ray Data), fresh process starting its own Ray", results["ray_cold"]["wall"],
+         results["ray_cold"]["peak_rss_mb"]),
+        ("`vitrine embed --full --address` (Ray Data), fresh driver on a running Ray, 1st job",
+         results["ray_running"][0]["wall"], None),
+        ("`vitrine embed --full --address` (Ray Data), fresh driver on a running Ray, 2nd job",
+         results["ray_running"][1]["wall"], None),
         ("Ray Data full run, warm process (1st job)", w["full_1"], None),
         ("Ray Data full run, warm process (2nd job)", w["full_2"], results["warm"]["peak_rss_mb"]),
         (f"incremental, {args.changed:.0%} changed, warm process (loads the model)", w["incremental"], None),
@@ -252,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, secs, mem in rows:
         lines.append(f"| {name} | {secs:.1f} | {n / secs:,.0f} | {f'{mem:,.0f} MB' if mem else '–'} |")
     lines += ["",
-              f"- Ray Data job vs plain loop, both fresh processes: **{results['plain']['wall'] / results['ray_cold']['wall']:.2f}×**",
+              f"- Ray Data job vs plain loop, both fresh processes: **{results['plain']['wall'] / results['ray_cold']['wall']:.2f}×** "
+              f"with the job starting its own Ray; as a job on a running Ray: "
+              f"**{results['plain']['wall'] / results['ray_running'][0]['wall']:.2f}×** (1st job), "
+              f"**{results['plain']['wall'] / results['ray_running'][1]['wall']:.2f}×** (2nd)",
               f"- Ray Data job (warm, 2nd) vs plain loop: **{results['plain']['wall'] / w['full_2']:.2f}×**",
               f"- Incremental ({results['warm']['changed']} changed) vs full run, warm process: "
               f"**{w['full_2'] / w['incremental']:.1f}×** (model loaded: **{w['full_2'] / w['incremental_loaded']:.1f}×**); "
