@@ -349,6 +349,15 @@ def _embed_with_ray_data(todo, model_uri: str, card, config: EmbedConfig):
     fused = config.decode_cpus == config.cpus_per_actor and not config.gpus_per_actor
     cpus = ray.cluster_resources().get("CPU", 0)
     biggest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    decode_share = 0.0 if fused else config.decode_cpus
+    if not config.address and not os.environ.get("RAY_ADDRESS") and config.cpus_per_actor + decode_share > biggest:
+        # The local Ray this process runs cannot grow: fit one actor and one decode task to it
+        # (a 1-CPU machine gets a 0.5-CPU actor) rather than wait for CPUs that never come.
+        fitted = max(0.25, biggest - decode_share)
+        log.info("this machine's Ray has %g CPUs: one actor of %g CPUs instead of cpus_per_actor=%g",
+                 biggest, fitted, config.cpus_per_actor)
+        config = dataclasses.replace(config, cpus_per_actor=fitted, decode_cpus=fitted if fused else config.decode_cpus)
+        fused = config.decode_cpus == config.cpus_per_actor and not config.gpus_per_actor
     if config.cpus_per_actor > biggest:
         log.warning("no node has cpus_per_actor=%g CPUs (the biggest has %g): the job waits until the cluster "
                     "adds a bigger node; lower cpus_per_actor to run now", config.cpus_per_actor, biggest)

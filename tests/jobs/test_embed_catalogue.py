@@ -302,3 +302,24 @@ def test_decode_batch_turns_every_bad_row_into_a_reason(tmp_path):
     pixels = np.asarray(out.column("pixels").combine_chunks().flatten()).reshape(4, 28, 28, 1)
     assert pixels.dtype == np.float32 and pixels[0].max() <= 1.0 and pixels[0].max() > 0
     np.testing.assert_array_equal(pixels[1], 0)
+
+
+def test_a_one_cpu_machine_fits_the_actor_instead_of_waiting_forever(tmp_path, tiny_fashion_mnist, models_dir):
+    # The default actor (1.5 CPUs) does not fit a 1-CPU local Ray, which can never grow: the job
+    # must shrink it, not wait. Its own process, since this session's Ray has 2 CPUs.
+    import subprocess
+    import sys
+
+    cat = tmp_path / "catalogue"
+    export(ExportConfig(split="test", out=str(cat), data=str(tiny_fashion_mnist), limit=20))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "embed", "--catalogue", str(cat), "--model", models_dir,
+         "--out", str(tmp_path / "store"), "--json", "--set", "num_cpus=1", "--set", "local_max_items=0",
+         "--set", "batch_size=8"],
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "one actor of 0.5 CPUs instead of cpus_per_actor=1.5" in proc.stderr
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result["timings"]["mode"] == "ray-data" and result["counts"]["embedded"] == 20
