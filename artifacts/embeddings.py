@@ -6,7 +6,8 @@ A run lives under ``<root>/embeddings/<model_id>/<run_id>/``::
     errors/part-*.parquet   one row per rejected item (ERRORS schema)
     manifest.json           written last: counts, model, source; its presence marks a complete run
 
-and is published by moving ``<root>/embeddings/<model_id>/LATEST`` (see :mod:`artifacts.publish`).
+written by :class:`RunWriter` (one schema, one set of Parquet options), and is published by
+moving ``<root>/embeddings/<model_id>/LATEST`` (see :mod:`artifacts.publish`).
 """
 
 from __future__ import annotations
