@@ -14,7 +14,9 @@ model load; Ray start for the job):
    job on a cluster also starts Ray Data's own actors);
 3. a second full run and an incremental run with ``--changed`` (1%) of the images edited,
    in ONE warm process (Ray, TensorFlow and the model already loaded: a long-lived driver such
-   as a scheduler worker), and the same incremental run cold, from a fresh process.
+   as a scheduler worker), and the same incremental run cold, from a fresh process: once on its
+   own (TensorFlow and the model loaded in that process) and once with the search service
+   running (``vitrine serve`` over the same model), whose ``POST /v1/embed`` embeds the increment.
 Peak memory is the largest resident set of the whole process tree (driver + Ray workers),
 sampled every 0.2 s.
 """
@@ -201,6 +203,48 @@ def on_running_ray(cat: Path, model: str, work: Path, env: dict) -> list[dict]:
     return runs
 
 
+def incremental_via_service(cat: Path, model: str, out: Path, storage_root: str, env: dict, share: float) -> dict:
+    """A fresh-process incremental run while the search service runs over ``storage_root``."""
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "jobs.cli", "serve", "--storage", storage_root, "--port", str(port),
+                               "--metrics-port", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the service did not come up:\n{server.stderr.read()[-3000:]}")
+            time.sleep(1)
+        with urllib.request.urlopen(url + "/v1/info", timeout=5) as r:
+            served = json.loads(r.read())["model_id"]
+        time.sleep(10)  # let the service settle (replica start-up work) before timing
+        changed = edit_one_percent(cat, share, seed=2)
+        r = timed([sys.executable, "-m", "jobs.cli", "embed", "--catalogue", str(cat), "--model", model,
+                   "--out", str(out), "--json", "--set", f"service_url={url}"], env)
+        result = json.loads(r["stdout"][r["stdout"].index("{"):])
+        return {"wall": r["seconds"], "peak_rss_mb": r["peak_rss_mb"], "mode": result["timings"]["mode"],
+                "served_model": served, "changed": changed, "counts": result["counts"]}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # `vitrine serve` then stops Serve and its local Ray
+        try:
+            server.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
 # ----------------------------------------------------------------------------------- driver
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="first N items (0 = all; the target needs >= 20,000)")
     p.add_argument("--changed", type=float, default=0.01)
     p.add_argument("--markdown", help="append the results table to this file")
+    p.add_argument("--service-storage", default=storage_root,
+                   help="storage root the search service serves for the last run (its model must be --model's)")
     p.add_argument("--_plain", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--_warm", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -252,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         r = timed([sys.executable, "-m", "jobs.cli", "embed", "--catalogue", str(cat), "--model", args.model,
                    "--out", str(work / "warm")], env)
         results["incremental_cold"] = {"wall": r["seconds"], "peak_rss_mb": r["peak_rss_mb"]}
+        print("incremental, cold, with the search service running ...", flush=True)
+        results["incremental_service"] = incremental_via_service(cat, args.model, work / "warm", args.service_storage,
+                                                                 env, args.changed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -271,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         (f"incremental, {args.changed:.0%} changed, warm process, model loaded (next night)", w["incremental_loaded"], None),
         (f"incremental, {args.changed:.0%} changed, fresh process", results["incremental_cold"]["wall"],
          results["incremental_cold"]["peak_rss_mb"]),
+        (f"incremental, {args.changed:.0%} changed, fresh process, through the running service "
+         f"(mode: {results['incremental_service']['mode']})", results["incremental_service"]["wall"],
+         results["incremental_service"]["peak_rss_mb"]),
     ]
     lines = [f"Catalogue: {n:,} images ({args.catalogue}); model {args.model}; {os.cpu_count()} CPUs; "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
@@ -287,7 +339,12 @@ def main(argv: list[str] | None = None) -> int:
               f"**{w['full_2'] / w['incremental']:.1f}×** (model loaded: **{w['full_2'] / w['incremental_loaded']:.1f}×**); "
               f"fresh processes: "
               f"**{results['ray_cold']['wall'] / results['incremental_cold']['wall']:.1f}×**",
-              f"- Incremental counts: `{json.dumps(results['warm']['counts'])}`"]
+              f"- Incremental, fresh process through the service (model {results['incremental_service']['served_model']}) "
+              f"vs full run, fresh driver on a running Ray (2nd job): "
+              f"**{results['ray_running'][1]['wall'] / results['incremental_service']['wall']:.1f}×**; vs the fresh "
+              f"full run with its own Ray: **{results['ray_cold']['wall'] / results['incremental_service']['wall']:.1f}×**",
+              f"- Incremental counts: `{json.dumps(results['warm']['counts'])}`; through the service: "
+              f"`{json.dumps(results['incremental_service']['counts'])}`"]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:

@@ -7,6 +7,7 @@
     vitrine embed --catalogue ... --full                  # ignore the previous run, embed everything
     vitrine embed --catalogue ... --run-id nightly-20261128 --config embed.yaml
     vitrine embed --catalogue ... --smoke-test            # 64 items through the whole Ray Data path
+    vitrine embed --catalogue ... --set service_url=http://127.0.0.1:8000   # small increments via the service
     ray job submit --working-dir . -- python -m jobs.embed_catalogue --catalogue s3://... \\
         --model s3://bucket/vitrine/models --out s3://bucket/vitrine
 
@@ -22,7 +23,9 @@ A run writes ``<out>/embeddings/<model_id>/<run_id>/`` (``data/``, ``errors/``, 
 same as in the LATEST run of the same model are copied over without being read, decoded or
 embedded; new and changed items go through Ray Data (bytes → :mod:`artifacts.preprocess` in
 tasks → the model in an actor pool), or, when only a few are left
-(``local_max_items``), through the same code in this process, without starting actors.
+(``local_max_items``), through the running search service when it serves the same model
+(``service_url``, :mod:`jobs.embed_service`), else through the same code in this process,
+without starting actors.
 Items the previous run rejected are tried again. The manifest and the result count ``total``,
 ``new``, ``changed``, ``unchanged`` (carried over), ``retried``, ``removed``, ``failed`` and
 ``embedded``. A bad image is a row in ``errors/`` with its reason; only when more than
@@ -43,6 +46,7 @@ from dataclasses import dataclass, field
 
 from artifacts.logs import setup_logging
 
+from .embed_service import ServiceUnavailable, embed_via_service
 from .embed_stages import Embedder, decode_batch
 
 log = logging.getLogger("vitrine.embed")
@@ -89,6 +93,11 @@ class EmbedConfig:
     # process that holds the model (a long-lived scheduler keeps it between runs): 2,000 items is
     # ~1 s of work here. 0 = always the actor pool.
     local_max_items: int = 2000
+    # The search service (its base URL, e.g. http://vitrine-serve-svc:8000): when it serves this
+    # run's model, increments of up to local_max_items go through its POST /v1/embed, whose
+    # replicas hold the model already, so a fresh job process needs no TensorFlow. "" = never.
+    service_url: str = ""
+    service_timeout_s: float = 60.0
     max_failure_share: float = 0.05  # of the catalogue's items; above it the run fails unpublished
     rows_per_file: int = 250_000
     forward_storage_env: bool = True  # pass this process's AWS_* settings to the Ray workers
@@ -204,12 +213,7 @@ def run(config: EmbedConfig) -> EmbedResult:
     latest_before = _latest_run(runs_uri)  # for the error message: storage may be down by then
     try:
         if todo.num_rows:
-            if todo.num_rows <= config.local_max_items:
-                batches = _embed_here(todo, model_uri, card, config)
-                timings["mode"] = "in-process"
-            else:
-                batches = _embed_with_ray_data(todo, model_uri, card, config)
-                timings["mode"] = "ray-data"
+            timings["mode"], batches = _embedding_path(todo, model_uri, card, config)
             progress = _Progress(todo.num_rows)
             for batch in batches:
                 ok, bad = _split(batch, dim)
@@ -299,6 +303,20 @@ def _previous_run(runs_uri: str, card):
         return None, None, set()
     rejected = set(embeddings.read_errors(uri).column("item_id").to_pylist())
     return run_id, embeddings.read_table(uri), rejected
+
+
+def _embedding_path(todo, model_uri: str, card, config: EmbedConfig):
+    """(mode, iterable of embedder output tables) for the items to embed: a small increment
+    through the service when it serves this model, else here; anything larger with Ray Data."""
+    if todo.num_rows > config.local_max_items:
+        return "ray-data", _embed_with_ray_data(todo, model_uri, card, config)
+    if config.service_url:
+        try:
+            return "service", embed_via_service(todo, card, url=config.service_url, batch_size=config.batch_size,
+                                                io_threads=config.io_threads, timeout_s=config.service_timeout_s)
+        except ServiceUnavailable as exc:
+            log.warning("not embedding through the service at %s: %s; embedding here instead", config.service_url, exc)
+    return "in-process", _embed_here(todo, model_uri, card, config)
 
 
 def _embed_here(todo, model_uri: str, card, config: EmbedConfig):

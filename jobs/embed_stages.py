@@ -1,7 +1,8 @@
-"""The two stages of the embedding job: catalogue rows → decoded model inputs → embeddings.
+"""The stages of the embedding job: catalogue rows → verified bytes → model inputs → embeddings.
 
 Plain functions of Arrow tables, so Ray Data's tasks and actors, the job's in-process path for
-small increments, and the tests all run exactly the same code.
+small increments, the path through a running service (:mod:`jobs.embed_service`) and the tests
+all run exactly the same code.
 """
 
 from __future__ import annotations
@@ -12,24 +13,21 @@ import time
 from artifacts.logs import setup_logging
 
 log = logging.getLogger("vitrine.embed")
+ZERO_EMBEDDING = "the model's embedding of this image is all zeros (no features to compare)"
 
 
-def decode_batch(batch, *, spec: dict, io_threads: int = 16):
-    """Catalogue rows → rows with model-ready ``pixels`` (flat fixed-size float32 lists) and an
-    ``error`` (null when the image is usable). Never raises for a bad image."""
-    import numpy as np
-    import pyarrow as pa
+def read_verified(batch, *, io_threads: int = 16):
+    """The bytes of each row's image, checked against its ``content_sha256``.
 
+    Returns ``(datas, hashes, errors)``: ``datas[i]`` is None where ``errors[i]`` says why; a
+    missing hash is filled in from the bytes. Never raises for a bad item.
+    """
     from artifacts import catalogue
-    from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_bytes
 
-    spec_ = PreprocessSpec.from_dict(spec)
-    size = spec_.height * spec_.width * spec_.channels
     uris = batch.column("image_uri").to_pylist()
     hashes = batch.column("content_sha256").to_pylist()
-    n = len(uris)
-    pixels = np.zeros((n, size), np.float32)
-    errors: list[str | None] = [None] * n
+    datas: list[bytes | None] = [None] * len(uris)
+    errors: list[str | None] = [None] * len(uris)
     for i, data in enumerate(catalogue.read_many(uris, threads=io_threads)):
         if isinstance(data, Exception):
             errors[i] = f"cannot read image: {data}"
@@ -39,6 +37,25 @@ def decode_batch(batch, *, spec: dict, io_threads: int = 16):
             hashes[i] = digest
         elif hashes[i] != digest:
             errors[i] = f"content_sha256 mismatch: the catalogue says {hashes[i]}, the file hashes to {digest}"
+            continue
+        datas[i] = data
+    return datas, hashes, errors
+
+
+def decode_batch(batch, *, spec: dict, io_threads: int = 16):
+    """Catalogue rows → rows with model-ready ``pixels`` (flat fixed-size float32 lists) and an
+    ``error`` (null when the image is usable). Never raises for a bad image."""
+    import numpy as np
+    import pyarrow as pa
+
+    from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_bytes
+
+    spec_ = PreprocessSpec.from_dict(spec)
+    size = spec_.height * spec_.width * spec_.channels
+    datas, hashes, errors = read_verified(batch, io_threads=io_threads)
+    pixels = np.zeros((len(datas), size), np.float32)
+    for i, data in enumerate(datas):
+        if data is None:
             continue
         try:
             pixels[i] = preprocess_bytes(data, spec_).reshape(-1)
@@ -52,6 +69,47 @@ def decode_batch(batch, *, spec: dict, io_threads: int = 16):
         "category": batch.column("category"),
         "content_sha256": pa.array(hashes, pa.string()),
         "pixels": pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), size),
+        "error": pa.array(errors, pa.string()),
+    })
+
+
+def embedded_rows(batch, hashes, errors, done, embeddings, probabilities, zero, *, model_id: str,
+                  class_names, dim: int):
+    """The job's output rows: ``batch``'s catalogue columns plus, for the rows ``done`` (indices,
+    in order of ``embeddings``/``probabilities``/``zero``), the model's results; every other row
+    keeps its ``errors`` entry. A row whose embedding is all zeros becomes an error."""
+    import numpy as np
+    import pyarrow as pa
+
+    from artifacts.embeddings import embeddings_schema
+
+    n = batch.num_rows
+    errors = list(errors)
+    emb = np.zeros((n, dim), np.float32)
+    predicted = [""] * n
+    confidence = np.zeros(n, np.float32)
+    done = np.asarray(done, dtype=np.int64)
+    if len(done):
+        emb[done] = embeddings
+        top = probabilities.argmax(axis=1)
+        confidence[done] = probabilities[np.arange(len(top)), top]
+        for j, i in enumerate(done):
+            if zero[j]:
+                errors[i] = ZERO_EMBEDDING
+            else:
+                predicted[i] = class_names[int(top[j])]
+    now = np.datetime64(int(time.time() * 1000), "ms")
+    schema = embeddings_schema(dim)
+    return pa.table({
+        "item_id": batch.column("item_id"),
+        "category": batch.column("category"),
+        "image_uri": batch.column("image_uri"),
+        "content_sha256": pa.array(hashes, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim),
+        "predicted_category": pa.array(predicted, pa.string()),
+        "confidence": pa.array(confidence),
+        "model_id": pa.array([model_id] * n, pa.string()),
+        "embedded_at": pa.array(np.full(n, now)).cast(schema.field("embedded_at").type),
         "error": pa.array(errors, pa.string()),
     })
 
@@ -76,43 +134,16 @@ class Embedder:
 
     def __call__(self, batch):
         import numpy as np
-        import pyarrow as pa
         import pyarrow.compute as pc
-
-        from artifacts.embeddings import embeddings_schema
 
         n = batch.num_rows
         error = batch.column("error").combine_chunks()
         ok = np.asarray(pc.is_null(error).to_numpy(zero_copy_only=False), dtype=bool)
-        errors = error.to_pylist()
-        emb = np.zeros((n, self.dim), np.float32)
-        predicted = [""] * n
-        confidence = np.zeros(n, np.float32)
-        if ok.any():
+        done = np.flatnonzero(ok)
+        emb = probs = zero = None
+        if len(done):
             flat = batch.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            x = flat.reshape(n, *self.shape)[ok]
-            out = self.runner(x)
-            probs, zero = out.probabilities, out.zero
-            idx = np.flatnonzero(ok)
-            emb[idx] = out.embeddings
-            top = probs.argmax(axis=1)
-            confidence[idx] = probs[np.arange(len(top)), top]
-            for j, i in enumerate(idx):
-                if zero[j]:
-                    errors[i] = "the model's embedding of this image is all zeros (no features to compare)"
-                else:
-                    predicted[i] = self.class_names[int(top[j])]
-        now = np.datetime64(int(time.time() * 1000), "ms")
-        schema = embeddings_schema(self.dim)
-        return pa.table({
-            "item_id": batch.column("item_id"),
-            "category": batch.column("category"),
-            "image_uri": batch.column("image_uri"),
-            "content_sha256": batch.column("content_sha256"),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), self.dim),
-            "predicted_category": pa.array(predicted, pa.string()),
-            "confidence": pa.array(confidence),
-            "model_id": pa.array([self.model_id] * n, pa.string()),
-            "embedded_at": pa.array(np.full(n, now)).cast(schema.field("embedded_at").type),
-            "error": pa.array(errors, pa.string()),
-        })
+            out = self.runner(flat.reshape(n, *self.shape)[ok])
+            emb, probs, zero = out.embeddings, out.probabilities, out.zero
+        return embedded_rows(batch, batch.column("content_sha256").to_pylist(), error.to_pylist(), done, emb, probs,
+                             zero, model_id=self.model_id, class_names=self.class_names, dim=self.dim)

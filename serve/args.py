@@ -24,6 +24,8 @@ class AppArgs(BaseModel):
     max_k: int = Field(200, ge=1)
     search_ef: int = Field(0, ge=0)  # hnswlib ef at query time; 0 = the index's own setting
     versions_kept: int = Field(2, ge=1)  # per replica: the serving version and the one before it
+    # POST /v1/embed (the nightly job's small increments): images per request, within max_upload_bytes.
+    max_batch_images: int = Field(256, ge=1)
 
     @field_validator("model", "index")
     @classmethod

@@ -64,6 +64,13 @@ class Classifier:
         """One preprocessed image → ``{"probabilities", "embedding", "model_id"}`` (or ``{"error"}``)."""
         return await self._predict_batch(pixels, model_id)
 
+    async def embed_many(self, pixels: np.ndarray, model_id: str) -> dict:
+        """A batch of preprocessed images (already one array: no request batching) →
+        ``{"embeddings", "probabilities", "zero"}``, for the embedding job's small increments."""
+        runner = await self.models.get(model_id)
+        out = await asyncio.to_thread(runner, pixels)
+        return {"embeddings": out.embeddings, "probabilities": out.probabilities, "zero": out.zero}
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.004)
     async def _predict_batch(self, pixels: list[np.ndarray], model_ids: list[str]) -> list[dict]:
         results: list[dict] = [{} for _ in pixels]

@@ -10,6 +10,7 @@ one that cannot be served is refused with a log line while the old one keeps ser
 # No `from __future__ import annotations`: FastAPI must see `Request` itself in the signatures of
 # these methods, which Serve rewrites into routes.
 import asyncio
+import json
 import logging
 import mimetypes
 import re
@@ -28,7 +29,7 @@ from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_by
 
 from . import versions
 from .args import AppArgs
-from .uploads import UploadError, image_from_body, read_body
+from .uploads import UploadError, image_from_body, images_from_body, read_body
 
 log = logging.getLogger("vitrine.serve")
 API_VERSION = "v1"
@@ -230,7 +231,8 @@ class Ingress:
                     "index_version": v.index_id, "index_published_at": v.published_at, "items": v.index_items,
                     "embedding_dim": v.embedding_dim, "classes": list(v.class_names),
                     "categories": list(v.categories), "max_upload_bytes": self.args.max_upload_bytes,
-                    "max_pixels": self.args.max_pixels, "default_k": self.args.default_k, "max_k": self.args.max_k,
+                    "max_pixels": self.args.max_pixels, "max_batch_images": self.args.max_batch_images,
+                    "default_k": self.args.default_k, "max_k": self.args.max_k,
                     "refused": sorted(set(self.refused.values()))}
         return await self._handle("info", request, work)
 
@@ -283,6 +285,58 @@ class Ingress:
                     "results": [{**h, "image_url": f"/v1/items/{h['item_id']}/image"} for h in hits],
                     "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
         return await self._handle("search", request, work)
+
+    @app.post("/v1/embed")
+    async def embed(self, request: Request) -> Response:
+        """A batch of images (multipart, one ``file`` part each, keyed by filename) → each one's
+        unit embedding and class probabilities, or its reason for being rejected. For the nightly
+        job's small increments: the model is already loaded here. ``model_id`` must be the served
+        model (409 otherwise), so the caller never mixes two models in one embeddings run."""
+        async def work():
+            t0 = time.perf_counter()
+            v = await self._serving()
+            wanted = request.query_params.get("model_id")
+            if wanted and wanted != v.model_id:
+                raise ApiError(409, f"this service embeds with model {v.model_id}, not {wanted}")
+            body = await read_body(request, self.args.max_upload_bytes)
+            spec = PreprocessSpec.from_dict(v.preprocessing)
+
+            # Parsing, preprocessing and encoding a few hundred images take ~0.1 s: off the event
+            # loop, so a nightly batch never stalls the searches this replica is serving.
+            def preprocess_all():
+                images = images_from_body(body, request.headers.get("content-type", ""),
+                                          limit=self.args.max_batch_images)
+                pixels, rejected = [], {}
+                for key, data in images:
+                    try:
+                        pixels.append(preprocess_bytes(data, spec, max_pixels=self.args.max_pixels))
+                    except ImageDecodeError as exc:
+                        rejected[key] = exc.reason
+                    except Exception as exc:  # one odd image must not fail the batch
+                        rejected[key] = f"cannot preprocess image: {type(exc).__name__}: {exc}"
+                return [k for k, _ in images], pixels, rejected
+
+            keys, pixels, rejected = await run_in_threadpool(preprocess_all)
+            out = await call(self.classifier.embed_many, np.stack(pixels), v.model_id) if pixels else None
+            if rejected:
+                self.metrics.rejected.inc(len(rejected), tags={"reason": "not_an_image"})
+
+            def encode() -> bytes:
+                items, j = [], 0
+                for key in keys:
+                    if key in rejected:
+                        items.append({"key": key, "error": rejected[key]})
+                        continue
+                    items.append({"key": key, "embedding": out["embeddings"][j].tolist(),
+                                  "probabilities": out["probabilities"][j].tolist(),
+                                  "zero_embedding": bool(out["zero"][j])})
+                    j += 1
+                return json.dumps({"model_id": v.model_id, "embedding_dim": v.embedding_dim,
+                                   "classes": list(v.class_names), "items": items,
+                                   "took_ms": round((time.perf_counter() - t0) * 1000, 2)}).encode()
+
+            return Response(await run_in_threadpool(encode), media_type="application/json")
+        return await self._handle("embed", request, work)
 
     @app.get("/v1/items/{item_id}/image")
     async def item_image(self, item_id: str, request: Request) -> Response:

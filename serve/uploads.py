@@ -48,16 +48,42 @@ async def read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _form_parts(body: bytes, content_type: str):
+    # The stdlib MIME parser reads form-data given its Content-Type header; no extra dependency.
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1")
+                                                  + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise UploadError(400, "malformed multipart body (check the boundary)")
+    return list(message.iter_parts())
+
+
+def images_from_body(body: bytes, content_type: str, *, limit: int, field: str = "file") -> list[tuple[str, bytes]]:
+    """Every ``file`` part of a multipart form as ``(filename, bytes)``, in order: a batch of
+    images keyed by their file names (the embedding job sends item ids)."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UploadError(400, f"send the images as multipart/form-data, one part named {field!r} each")
+    images = []
+    for part in _form_parts(body, content_type):
+        if part.get_param("name", header="content-disposition") != field:
+            continue
+        key = part.get_filename()
+        if not key:
+            raise UploadError(400, f"every {field!r} part needs a filename (the key its result comes back under)")
+        images.append((key, part.get_payload(decode=True) or b""))
+        if len(images) > limit:
+            raise UploadError(413, f"more than {limit} images in one request")
+    if not images:
+        raise UploadError(400, f"no multipart fields named {field!r}")
+    if len({k for k, _ in images}) != len(images):
+        raise UploadError(400, "two images have the same filename")
+    return images
+
+
 def image_from_body(body: bytes, content_type: str, *, field: str = "file") -> bytes:
     """The image bytes: the ``file`` part of a multipart form, otherwise the body itself."""
     if content_type.lower().startswith("multipart/form-data"):
-        # The stdlib MIME parser reads form-data given its Content-Type header; no extra dependency.
-        message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1")
-                                                      + b"\r\n\r\n" + body)
-        if not message.is_multipart():
-            raise UploadError(400, "malformed multipart body (check the boundary)")
         names = []
-        for part in message.iter_parts():
+        for part in _form_parts(body, content_type):
             name = part.get_param("name", header="content-disposition")
             names.append(name)
             if name == field:
