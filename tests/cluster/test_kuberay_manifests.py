@@ -177,3 +177,15 @@ def test_the_nightly_cronjob_submits_a_real_job_to_the_raycluster():
     runtime_env = json.loads(script.split("--runtime-env-json '", 1)[1].split("'", 1)[0])
     assert runtime_env["working_dir"].startswith("s3://")
     assert sorted(runtime_env["pip"]) == sorted(project_requirements(gpu=False))
+
+
+def test_the_nightly_job_reaches_the_rayservice_for_small_increments():
+    from urllib.parse import urlparse
+
+    nightly = yaml.safe_load((ROOT / "cluster" / "nightly" / "nightly.yaml").read_text())
+    service = one(K8S / "rayservice.yaml", "RayService")
+    url = urlparse(nightly["embed"]["service_url"])
+    # KubeRay names the Serve service <RayService name>-serve-svc; Serve listens on its http_options port.
+    assert url.hostname == f"{service['metadata']['name']}-serve-svc"
+    port = yaml.safe_load(service["spec"]["serveConfigV2"]).get("http_options", {}).get("port", 8000)
+    assert url.port == port
