@@ -138,6 +138,17 @@ def preprocess_bytes(data: bytes, spec: PreprocessSpec, *, max_pixels: int = DEF
     return to_model_input(decode_image(data, max_pixels=max_pixels), spec)
 
 
+def preprocess_or_reason(data: bytes, spec: PreprocessSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """``(model input, None)``, or ``(None, reason)`` for an unusable image: for batches, where
+    one odd image must not fail the others."""
+    try:
+        return preprocess_bytes(data, spec, max_pixels=max_pixels), None
+    except ImageDecodeError as exc:
+        return None, exc.reason
+    except Exception as exc:  # Pillow raises many types on odd files
+        return None, f"cannot preprocess image: {type(exc).__name__}: {exc}"
+
+
 def arrays_to_model_input(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """A batch of uint8 images (N, H, W) or (N, H, W, C) → model inputs (N, *spec.input_shape).
 

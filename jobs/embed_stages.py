@@ -48,7 +48,7 @@ def decode_batch(batch, *, spec: dict, io_threads: int = 16):
     import numpy as np
     import pyarrow as pa
 
-    from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_bytes
+    from artifacts.preprocess import PreprocessSpec, preprocess_or_reason
 
     spec_ = PreprocessSpec.from_dict(spec)
     size = spec_.height * spec_.width * spec_.channels
@@ -57,12 +57,9 @@ def decode_batch(batch, *, spec: dict, io_threads: int = 16):
     for i, data in enumerate(datas):
         if data is None:
             continue
-        try:
-            pixels[i] = preprocess_bytes(data, spec_).reshape(-1)
-        except ImageDecodeError as exc:
-            errors[i] = exc.reason
-        except Exception as exc:  # one odd image must not fail the batch
-            errors[i] = f"cannot preprocess image: {type(exc).__name__}: {exc}"
+        x, errors[i] = preprocess_or_reason(data, spec_)
+        if x is not None:
+            pixels[i] = x.reshape(-1)
     return pa.table({
         "item_id": batch.column("item_id"),
         "image_uri": batch.column("image_uri"),

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from artifacts import storage
 from artifacts.logs import setup_logging
-from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_bytes
+from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_bytes, preprocess_or_reason
 
 from . import versions
 from .args import AppArgs
@@ -308,12 +308,11 @@ class Ingress:
                                           limit=self.args.max_batch_images)
                 pixels, rejected = [], {}
                 for key, data in images:
-                    try:
-                        pixels.append(preprocess_bytes(data, spec, max_pixels=self.args.max_pixels))
-                    except ImageDecodeError as exc:
-                        rejected[key] = exc.reason
-                    except Exception as exc:  # one odd image must not fail the batch
-                        rejected[key] = f"cannot preprocess image: {type(exc).__name__}: {exc}"
+                    x, reason = preprocess_or_reason(data, spec, max_pixels=self.args.max_pixels)
+                    if x is None:
+                        rejected[key] = reason
+                    else:
+                        pixels.append(x)
                 return [k for k, _ in images], pixels, rejected
 
             keys, pixels, rejected = await run_in_threadpool(preprocess_all)
