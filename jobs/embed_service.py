@@ -29,52 +29,57 @@ class ServiceUnavailable(RuntimeError):
 
 def embed_via_service(todo, card, *, url: str, batch_size: int, io_threads: int, timeout_s: float) -> list:
     """``todo`` (catalogue rows) → output tables as the Embedder returns them, all or nothing."""
-    import numpy as np
-
-    from .embed_stages import embedded_rows, read_verified
-
     url = url.rstrip("/")
     info = _request(f"{url}/v1/info", timeout_s=timeout_s)
     if info.get("model_id") != card.model_id:
         raise ServiceUnavailable(f"it serves model {info.get('model_id')}, this run embeds with {card.model_id}")
     if list(info.get("classes", [])) != list(card.class_names):
         raise ServiceUnavailable("its class names differ from the model card's")
-    max_bytes = int(info["max_upload_bytes"])
-    max_images = int(info.get("max_batch_images", 64))
-    tables = []
-    for start in range(0, todo.num_rows, batch_size):
-        batch = todo.slice(start, batch_size)
-        datas, hashes, errors = read_verified(batch, io_threads=io_threads)
-        results: dict[int, dict] = {}
-        chunks = list(_chunks([(i, d) for i, d in enumerate(datas) if d is not None], max_images, max_bytes))
-        # Two requests in flight: one is encoded or decoded here while the service computes the other.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            answers = pool.map(lambda c: _request(f"{url}/v1/embed?model_id={card.model_id}", files=c,
-                                                  timeout_s=timeout_s), chunks)
-            for answer in answers:
-                if answer.get("model_id") != card.model_id:
-                    raise ServiceUnavailable(f"it switched to model {answer.get('model_id')} during the run")
-                for item in answer["items"]:
-                    results[int(item["key"])] = item
-        done, emb, probs, zero = [], [], [], []
-        for i, data in enumerate(datas):
-            if data is None:
-                continue
-            item = results.get(i)
-            if item is None:
-                raise ServiceUnavailable(f"its answer lacks item {i} of a batch")
-            if "error" in item:
-                errors[i] = item["error"]
-                continue
-            done.append(i)
-            emb.append(item["embedding"])
-            probs.append(item["probabilities"])
-            zero.append(item["zero_embedding"])
-        tables.append(embedded_rows(
-            batch, hashes, errors, done, np.asarray(emb, np.float32).reshape(len(done), int(card.embedding_dim)),
-            np.asarray(probs, np.float32).reshape(len(done), len(card.class_names)), np.asarray(zero, bool),
-            model_id=card.model_id, class_names=list(card.class_names), dim=int(card.embedding_dim)))
-    return tables
+    try:
+        max_bytes = int(info["max_upload_bytes"])
+        max_images = int(info.get("max_batch_images", 64))
+        return [_embed_batch(todo.slice(start, batch_size), card, url=url, max_images=max_images, max_bytes=max_bytes,
+                             io_threads=io_threads, timeout_s=timeout_s)
+                for start in range(0, todo.num_rows, batch_size)]
+    except (KeyError, TypeError, ValueError) as exc:  # an answer of another shape: another version of the API?
+        raise ServiceUnavailable(f"unexpected answer ({type(exc).__name__}: {exc})") from None
+
+
+def _embed_batch(batch, card, *, url: str, max_images: int, max_bytes: int, io_threads: int, timeout_s: float):
+    import numpy as np
+
+    from .embed_stages import embedded_rows, read_verified
+
+    datas, hashes, errors = read_verified(batch, io_threads=io_threads)
+    results: dict[int, dict] = {}
+    chunks = list(_chunks([(i, d) for i, d in enumerate(datas) if d is not None], max_images, max_bytes))
+    # Two requests in flight: one is encoded or decoded here while the service computes the other.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = pool.map(lambda c: _request(f"{url}/v1/embed?model_id={card.model_id}", files=c,
+                                              timeout_s=timeout_s), chunks)
+        for answer in answers:
+            if answer.get("model_id") != card.model_id:
+                raise ServiceUnavailable(f"it switched to model {answer.get('model_id')} during the run")
+            for item in answer["items"]:
+                results[int(item["key"])] = item
+    done, emb, probs, zero = [], [], [], []
+    for i, data in enumerate(datas):
+        if data is None:
+            continue
+        item = results.get(i)
+        if item is None:
+            raise ServiceUnavailable(f"its answer lacks item {i} of a batch")
+        if "error" in item:
+            errors[i] = str(item["error"])
+            continue
+        done.append(i)
+        emb.append(item["embedding"])
+        probs.append(item["probabilities"])
+        zero.append(bool(item["zero_embedding"]))
+    dim, classes = int(card.embedding_dim), list(card.class_names)
+    return embedded_rows(batch, hashes, errors, done, np.asarray(emb, np.float32).reshape(len(done), dim),
+                         np.asarray(probs, np.float32).reshape(len(done), len(classes)), np.asarray(zero, bool),
+                         model_id=card.model_id, class_names=classes, dim=dim)
 
 
 def _chunks(items: list[tuple[int, bytes]], max_images: int, max_bytes: int):

@@ -323,3 +323,43 @@ def test_a_one_cpu_machine_fits_the_actor_instead_of_waiting_forever(tmp_path, t
     assert "one actor of 0.5 CPUs instead of cpus_per_actor=1.5" in proc.stderr
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["timings"]["mode"] == "ray-data" and result["counts"]["embedded"] == 20
+
+
+def test_a_service_that_answers_nonsense_is_not_trusted(tmp_path, tiny_fashion_mnist, models_dir, caplog):
+    # A real HTTP server that claims the run's model but answers /v1/embed with another shape
+    # (another API version, a proxy's error page): the job must embed the increment itself.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    card = model_artifact.read_card(storage.join(models_dir, "cnn-test-a"))
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _json(self, obj):
+            body = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._json({"model_id": card.model_id, "classes": list(card.class_names), "max_upload_bytes": 1 << 20})
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._json({"model_id": card.model_id, "items": [{"key": "0", "embedding": [1.0, 2.0]}]})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cat = tmp_path / "catalogue"
+        export(ExportConfig(split="test", out=str(cat), data=str(tiny_fashion_mnist), limit=6))
+        result = run(EmbedConfig(catalogue=str(cat), model=models_dir, out=str(tmp_path / "store"),
+                                 service_url=f"http://127.0.0.1:{server.server_address[1]}"))
+    finally:
+        server.shutdown()
+    assert result.timings["mode"] == "in-process" and result.counts["embedded"] == 6
+    assert "unexpected answer" in caplog.text
