@@ -3,28 +3,19 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 
 @pytest.fixture(scope="session")
 def local_cluster():
     from cluster.local_cluster import LocalCluster, LocalClusterConfig
+    from tests.conftest import environ
 
     # This process talks to the cluster too (Jobs API, state API): the same auth mode as its nodes.
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ.pop("RAY_ADDRESS", None)
     config = LocalClusterConfig(workers=2, head_cpus=1, worker_cpus=1, memory_mb=3072, object_store_mb=256,
                                 env=("TF_CPP_MIN_LOG_LEVEL=2", "RAY_DEDUP_LOGS=0"))
-    with LocalCluster(config) as cluster:
+    with environ(RAY_AUTH_MODE="disabled", RAY_ADDRESS=None), LocalCluster(config) as cluster:
         yield cluster
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture

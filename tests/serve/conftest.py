@@ -72,11 +72,17 @@ def http(url: str, data: bytes | None = None, *, method: str | None = None, head
         return Response(exc.code, exc.read(), dict(exc.headers))
 
 
-def multipart(field: str, filename: str, data: bytes, content_type: str = "image/png") -> tuple[bytes, str]:
+def multipart_files(files: list[tuple[str, bytes]], field: str = "file",
+                    content_type: str = "image/png") -> tuple[bytes, str]:
+    """A multipart/form-data body with one ``field`` part per ``(filename, data)``, and its type."""
     boundary = "vitrine-test-boundary-7f3a"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+    body = b"".join((f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+                     f"Content-Type: {content_type}\r\n\r\n").encode() + data + b"\r\n" for filename, data in files)
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def multipart(field: str, filename: str, data: bytes, content_type: str = "image/png") -> tuple[bytes, str]:
+    return multipart_files([(filename, data)], field, content_type)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ on local Ray, compared with the job's own in-process forward pass."""
 
 import io
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,15 @@ from artifacts import embeddings, storage
 from jobs.embed_catalogue import EmbedConfig, run
 from jobs.embed_stages import Embedder, decode_batch
 from tests.jobs.test_embed_catalogue import save_model
-from tests.serve.conftest import http
+from tests.serve.conftest import http, multipart_files
 
 pytestmark = pytest.mark.slow
 GARBAGE = b"not an image, whatever its name says"
 
 
-def form(files: list[tuple[str, bytes]], field: str = "file") -> tuple[bytes, dict]:
-    boundary = uuid.uuid4().hex
-    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{key}"\r\n'
-                    f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n" for key, data in files)
-    return body + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+def form(files: list[tuple[str, bytes]]) -> tuple[bytes, dict]:
+    body, content_type = multipart_files(files)
+    return body, {"Content-Type": content_type}
 
 
 def catalogue_rows(root: str, n: int) -> pa.Table:
