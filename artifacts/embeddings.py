@@ -23,10 +23,11 @@ from . import publish, storage
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
 ERRORS_DIR = "errors"
-# Unit vectors barely compress (snappy: 61 -> 35 MB for 60k x 256, mostly the ReLU zeros) but cost
-# most of the time to write and read: uncompressed, an incremental run that carries 59,400 rows
-# over writes them in 0.12 s instead of 0.26 s, and every reader (index build, next night) reads
-# them in 0.07 s instead of 0.22 s. Dictionaries only where values repeat.
+# Compressing unit vectors saves space (snappy: 40 MB against 72 MB for 60k rows of 256, mostly
+# the ReLU zeros) but costs most of the time to write and read them: uncompressed, an incremental
+# run that carries 60k rows over writes them in 0.11 s instead of 0.26 s, and every reader (index
+# build, the next night) reads them in 0.10 s instead of 0.17 s (benchmarks/embed_parts.py).
+# Dictionaries only where values repeat.
 PARQUET_OPTIONS = {"compression": {"embedding": "none"}, "use_dictionary": ["category", "predicted_category", "model_id"]}
 
 

@@ -77,9 +77,9 @@ class EmbedConfig:
     max_actors: int = 2
     # Rounded up, also each actor's TensorFlow thread count. 1.5 + one 0.5-CPU decode task fills a
     # 2-CPU machine: the actor is the bottleneck, and its model runs 1.9x faster on two threads
-    # (0.14 ms an image against 0.26; a 60k-image Ray Data run: 16.3 s against 22.3 s), while
-    # decoding (~0.08 ms an image) needs far less than a core. A smaller local Ray gets an actor
-    # that fits it; on a cluster of 1-CPU nodes, set 1.
+    # (0.13 ms an image against 0.26; a full 60k-image run 17.5-17.8 s against 21.8-22.7 s), while
+    # decoding (0.07 ms an image) needs far less than a core (benchmarks/embed_parts.py). A
+    # smaller local Ray gets an actor that fits it; on a cluster of 1-CPU nodes, set 1.
     cpus_per_actor: float = 1.5
     gpus_per_actor: float = 0.0
     # Per decode task. Unequal to cpus_per_actor (the default), decoding runs in its own tasks and
