@@ -42,6 +42,14 @@ def read_verified(batch, *, io_threads: int = 16):
     return datas, hashes, errors
 
 
+def _item_columns(batch, hashes) -> dict:
+    """The catalogue columns every stage passes on, with the hashes as verified."""
+    import pyarrow as pa
+
+    return {"item_id": batch.column("item_id"), "category": batch.column("category"),
+            "image_uri": batch.column("image_uri"), "content_sha256": pa.array(hashes, pa.string())}
+
+
 def decode_batch(batch, *, spec: dict, io_threads: int = 16):
     """Catalogue rows → rows with model-ready ``pixels`` (flat fixed-size float32 lists) and an
     ``error`` (null when the image is usable). Never raises for a bad image."""
@@ -61,10 +69,7 @@ def decode_batch(batch, *, spec: dict, io_threads: int = 16):
         if x is not None:
             pixels[i] = x.reshape(-1)
     return pa.table({
-        "item_id": batch.column("item_id"),
-        "image_uri": batch.column("image_uri"),
-        "category": batch.column("category"),
-        "content_sha256": pa.array(hashes, pa.string()),
+        **_item_columns(batch, hashes),
         "pixels": pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), size),
         "error": pa.array(errors, pa.string()),
     })
@@ -98,10 +103,7 @@ def embedded_rows(batch, hashes, errors, done, embeddings, probabilities, zero, 
     now = np.datetime64(int(time.time() * 1000), "ms")
     schema = embeddings_schema(dim)
     return pa.table({
-        "item_id": batch.column("item_id"),
-        "category": batch.column("category"),
-        "image_uri": batch.column("image_uri"),
-        "content_sha256": pa.array(hashes, pa.string()),
+        **_item_columns(batch, hashes),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim),
         "predicted_category": pa.array(predicted, pa.string()),
         "confidence": pa.array(confidence),

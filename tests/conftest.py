@@ -17,20 +17,19 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 @contextlib.contextmanager
 def environ(**values: str | None):
     """Set (a string) or unset (None) environment variables; put back what was there after."""
+    def apply(changes: dict) -> None:
+        for key, value in changes.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
     saved = {k: os.environ.get(k) for k in values}
     try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        apply(values)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        apply(saved)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
