@@ -77,20 +77,9 @@ def plain_loop(catalogue: str, model_uri: str, out: str, limit: int) -> dict:
 # ------------------------------------------------------------------------------ measurement
 def _tree_rss(root: int) -> int:
     """Resident bytes of ``root`` and its descendants, from /proc (Linux)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        children = [c for c, p in parents.items() if p == pid and c not in tree]
-        tree.update(children)
-        frontier.extend(children)
+    from cluster.processes import process_tree
+
+    tree = process_tree(root)
     total = 0
     for pid in tree:
         try:

@@ -105,29 +105,12 @@ SERVE_CONFIGS: dict[str, dict] = {
 
 
 # ----------------------------------------------------------------------------- measurements
-def _proc_children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return children
-
-
 def tree_cpu_s(root: int) -> float:
     """User+system CPU seconds of ``root`` and its live descendants (Linux /proc)."""
-    children = _proc_children()
-    total, todo, seen = 0.0, [root], set()
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        todo.extend(children.get(pid, []))
+    from cluster.processes import process_tree
+
+    total = 0.0
+    for pid in process_tree(root):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()

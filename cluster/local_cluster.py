@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .processes import parents, process_tree
+
 # Ray puts Unix sockets under <node temp dir>/session_<date>_<pid>/sockets/ and a socket path must
 # stay under 108 bytes: this much is left for the cluster's temp dir (node dirs add 3 to 4 chars).
 _MAX_TEMP_DIR_CHARS = 32
@@ -140,7 +142,7 @@ class LocalCluster:
             except RuntimeError:
                 # On a loaded machine a raylet can miss `ray start`'s 30 s registration window
                 # (seen on 2 cores); a second start succeeds.
-                _kill_all(_process_tree(node.pid), signal.SIGKILL)
+                _kill_all(process_tree(node.pid), signal.SIGKILL)
                 self._reap(node.index)
                 self.nodes.pop()
                 if attempt == 2:
@@ -154,7 +156,7 @@ class LocalCluster:
         node = self.nodes[index]
         if not node.alive:
             raise RuntimeError(f"{node.name} is already dead")
-        _kill_all(_process_tree(node.pid), signal.SIGKILL)
+        _kill_all(process_tree(node.pid), signal.SIGKILL)
         node.alive = False
         self._reap(index)
         return node
@@ -164,7 +166,7 @@ class LocalCluster:
         for node in reversed(self.nodes):
             if node.alive or _pid_alive(node.pid):
                 if self._owns_processes or _is_our_ray_start(node.pid, self.temp_dir):
-                    _kill_all(_process_tree(node.pid), signal.SIGKILL)
+                    _kill_all(process_tree(node.pid), signal.SIGKILL)
                 node.alive = False
             self._reap(node.index)
         if self.temp_dir:
@@ -286,7 +288,7 @@ class LocalCluster:
             proc = self._procs[node.index]
             if proc.poll() is not None:
                 raise RuntimeError(f"{node.name} exited with {proc.returncode} while starting:\n{_tail(node.log_path)}")
-            for pid in _process_tree(node.pid):
+            for pid in process_tree(node.pid):
                 args = _cmdline(pid)
                 if args and os.path.basename(args[0]) == "raylet":
                     node_id = next((a.split("=", 1)[1] for a in args if a.startswith("--node_id=")), "")
@@ -359,39 +361,9 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _parents() -> dict[int, int]:
-    """pid → parent pid of every process (zombies included; killing one is harmless)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        parents[int(entry)] = int(fields[1])
-    return parents
-
-
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants, parents first."""
-    children: dict[int, list[int]] = {}
-    for child, parent in _parents().items():
-        children.setdefault(parent, []).append(child)
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop(0)
-        tree.append(p)
-        todo.extend(children.get(p, []))
-    return tree
-
-
 def _pids_naming(text: str) -> list[int]:
     me = os.getpid()
-    return [pid for pid in _parents() if pid != me and any(text in a for a in _cmdline(pid))]
+    return [pid for pid in parents() if pid != me and any(text in a for a in _cmdline(pid))]
 
 
 def _pid_alive(pid: int) -> bool:
