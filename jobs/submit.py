@@ -18,9 +18,14 @@ install the project), or, on the stock ``rayproject/ray`` image (KubeRay, ``clus
 ``--no-upload`` when the cluster's image already has the project.
 
 Forwarded to the job when set here: ``VITRINE_STORAGE``, ``FASHION_MNIST_DIR``,
-``VITRINE_LOG_LEVEL``, ``VITRINE_BACKBONE_WEIGHTS`` and the S3 settings (``AWS_*``,
+``VITRINE_LOG_LEVEL``, ``VITRINE_BACKBONE_WEIGHTS`` and the S3 settings that are not secrets
+(``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, ``AWS_REGION``, ``AWS_PROFILE``,
 ``VITRINE_S3_ENDPOINT``); ``--no-forward-env`` turns that off. Forwarded values are visible in the
-dashboard's job details: on a real cluster use an instance role / IRSA rather than keys.
+dashboard's job details, so secret-looking ones (``artifacts.secrets``: ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``,
+``*_KEY``) are never forwarded and ``--env`` refuses them: the job's nodes reach object storage
+with their own credentials (an instance role / IRSA, the ``vitrine-storage`` Secret on KubeRay,
+the environment ``ray start`` ran with on a local cluster).
 ``RAY_AUTH_MODE`` and ``RAY_AUTH_TOKEN`` are never forwarded: the cluster's nodes run with their
 own, and a driver told another mode than its cluster's cannot connect.
 
@@ -43,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from artifacts import secrets
 from artifacts.logs import setup_logging
 
 log = logging.getLogger("vitrine.submit")
@@ -120,10 +126,16 @@ def entrypoint(job: str, args=()) -> str:
 
 
 def forwarded_env(environ=None) -> dict[str, str]:
+    """The settings of this shell that travel to the job: never a secret-looking one."""
     from .embed_catalogue import STORAGE_ENV_VARS
 
     environ = os.environ if environ is None else environ
-    return {k: environ[k] for k in (*VITRINE_ENV_VARS, *STORAGE_ENV_VARS) if environ.get(k)}
+    present = {k: environ[k] for k in (*VITRINE_ENV_VARS, *STORAGE_ENV_VARS) if environ.get(k)}
+    held_back = secrets.secret_names(present)
+    if held_back:
+        log.info("not forwarded to the job (secrets; the cluster's nodes use their own credentials): %s",
+                 ", ".join(held_back))
+    return secrets.without_secrets(present)
 
 
 def project_requirements(gpu: bool = False) -> list[str]:
@@ -156,6 +168,11 @@ def runtime_env(config: SubmitConfig, environ=None) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--env {pair!r} is not KEY=VALUE")
+        if secrets.is_secret_name(key):
+            # The runtime_env is job metadata: the dashboard and `ray job list` show it to anyone.
+            raise ValueError(f"--env {key}: secret-looking values never go into a job's runtime_env, where the "
+                             "dashboard and the job's metadata show them; give the cluster's nodes the "
+                             "credentials (an instance role / IRSA, or the vitrine-storage Secret on KubeRay)")
         env[key] = value
     renv: dict = {"env_vars": env} if env else {}
     if config.upload:

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import yaml
 
-from artifacts import storage
+from artifacts import secrets, storage
 
 log = logging.getLogger("vitrine.serve")
 CONFIG_FILE = Path(__file__).with_name("config.yaml")
 APP_NAME = "vitrine"
 # Settings a replica on another node needs to reach the same object storage as this process.
-FORWARDED_ENV = ("VITRINE_STORAGE", "VITRINE_S3_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+# No credentials: a runtime_env is shown by the dashboard and `serve status`, so replicas get keys
+# from their node (instance role / IRSA, the vitrine-storage Secret on KubeRay, the environment
+# `ray start` ran with locally), never from here (artifacts/secrets.py).
+FORWARDED_ENV = ("VITRINE_STORAGE", "VITRINE_S3_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION",
                  "TF_CPP_MIN_LOG_LEVEL", "VITRINE_LOG_LEVEL", "VITRINE_LOG_FORMAT")
 
 
@@ -62,10 +64,17 @@ def load_config(path: str | Path = CONFIG_FILE, *, args: dict | None = None,
     if http:
         config["http_options"] = {**(config.get("http_options") or {}), **http}
     if forward_env:
-        env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        env = secrets.without_secrets({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
         if env:
             runtime_env = app.setdefault("runtime_env", {})
             runtime_env["env_vars"] = {**env, **(runtime_env.get("env_vars") or {})}
+    for each in [app, *(app.get("deployments") or [])]:
+        renv = each.get("runtime_env") or (each.get("ray_actor_options") or {}).get("runtime_env") or {}
+        found = secrets.secret_names(renv.get("env_vars") or {})
+        if found:
+            raise DeployError(f"{path}: {each.get('name', 'application')}'s runtime_env sets {', '.join(found)}: "
+                              "secret-looking values never go into a runtime_env, where the dashboard and "
+                              "`serve status` show them; give the nodes the credentials instead")
     return config
 
 
