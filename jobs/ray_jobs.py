@@ -7,7 +7,10 @@
 
 IDs are submission ids (``vitrine submit`` prints them). The address is ``--address``, else
 ``$RAY_ADDRESS``, else ``http://127.0.0.1:8265``. ``status`` exits 1 when the job FAILED or was
-STOPPED, 0 otherwise; ``logs --follow`` exits like ``vitrine submit``.
+STOPPED, 0 otherwise; ``logs --follow`` exits like ``vitrine submit``. ``list`` and ``status``
+(table and ``--json``) print every job through ``artifacts.secrets.redact``: a job submitted by
+other means can still hold a secret in its runtime_env, metadata or entrypoint, and it shows as
+``***``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import argparse
 import json
 import sys
 import time
+
+from artifacts.secrets import redact
 
 from .submit import TERMINAL, connect, follow
 
@@ -40,9 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def job_rows(client) -> list[dict]:
-    """Every job as a plain dict (``submission_id`` is None for drivers started outside the Jobs API)."""
-    jobs = [j.model_dump(mode="json") for j in client.list_jobs()]
+    """Every job as a plain dict, secrets redacted (``submission_id`` is None for drivers started
+    outside the Jobs API)."""
+    jobs = [redact(j.model_dump(mode="json")) for j in client.list_jobs()]
     return sorted(jobs, key=lambda j: j.get("start_time") or 0)
+
+
+def job_info(client, submission_id: str) -> dict:
+    """One job as a plain dict, secrets redacted."""
+    return redact(client.get_job_info(submission_id).model_dump(mode="json"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{_time(j.get('start_time')):<20} {_took(j):>7}  {j['entrypoint'][:80]}")
         return 0
     if args.action == "status":
-        info = client.get_job_info(args.id).model_dump(mode="json")
+        info = job_info(client, args.id)
         if args.json:
             print(json.dumps(info, indent=2))
         else:

@@ -1,6 +1,6 @@
 """`vitrine submit` and `vitrine jobs` against a real multi-node Ray cluster on this machine: the
-project travels as the job's working_dir, storage settings travel as its environment, and the
-exit status is the job's."""
+project travels as the job's working_dir, storage settings (never secrets) travel as its environment,
+and the exit status is the job's."""
 
 from __future__ import annotations
 
@@ -50,6 +50,21 @@ def test_runtime_env_carries_the_project_and_the_storage_settings_not_the_auth_m
     assert not any(r.startswith(("tensorflow-cpu", "ray")) for r in gpu["pip"])
 
 
+def test_s3_keys_in_the_shell_never_reach_the_runtime_env(submit_env, monkeypatch):
+    # The runtime_env is job metadata: the dashboard and `ray job list` show it to anyone.
+    for key, value in {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI",
+                       "AWS_SESSION_TOKEN": "FwoGZXIvYXdzE", "AWS_ENDPOINT_URL": "http://s3.internal:9000",
+                       "AWS_DEFAULT_REGION": "eu-central-1"}.items():
+        monkeypatch.setenv(key, value)
+    env = runtime_env(SubmitConfig(job="models"))["env_vars"]
+    assert env == {"VITRINE_STORAGE": str(submit_env), "AWS_ENDPOINT_URL": "http://s3.internal:9000",
+                   "AWS_DEFAULT_REGION": "eu-central-1"}
+    assert not {"wJalrXUtnFEMI", "FwoGZXIvYXdzE", "AKIAEXAMPLE"} & set(env.values())
+    for pair in ("AWS_SECRET_ACCESS_KEY=x", "VITRINE_API_KEY=x", "DB_PASSWORD=x"):
+        with pytest.raises(ValueError, match="secret-looking"):
+            runtime_env(SubmitConfig(job="models", env=(pair,)))
+
+
 def test_models_job_runs_on_the_cluster_and_vitrine_jobs_reports_it(local_cluster, submit_env, capsys):
     result, logs = submit(local_cluster, "models", "--json")
     assert result.succeeded, logs[-3000:]
@@ -67,6 +82,31 @@ def test_models_job_runs_on_the_cluster_and_vitrine_jobs_reports_it(local_cluste
     assert f"{result.submission_id}: SUCCEEDED" in capsys.readouterr().out
     assert ray_jobs.main(["logs", result.submission_id, "--address", url]) == 0
     assert "vitrine_cnn" in capsys.readouterr().out
+
+
+def test_vitrine_jobs_redacts_secrets_a_job_was_submitted_with(local_cluster, capsys):
+    # Submitted around `vitrine submit` (which refuses them), as `ray job submit` would: the cluster
+    # holds the secret, `vitrine jobs` must not print it.
+    from jobs.submit import connect
+
+    secret = "wJalrXUtnFEMI-leaked"
+    client = connect(local_cluster.dashboard_url)
+    sid = client.submit_job(entrypoint=f"env DB_PASSWORD={secret} python -c pass",
+                            runtime_env={"env_vars": {"AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "eu-central-1"}},
+                            metadata={"api_token": secret, "vitrine_job": "raw"})
+    url = local_cluster.dashboard_url
+    capsys.readouterr()
+    assert ray_jobs.main(["list", "--json", "--address", url]) == 0
+    listed = capsys.readouterr().out
+    row = {r["submission_id"]: r for r in json.loads(listed)}[sid]
+    assert row["runtime_env"]["env_vars"] == {"AWS_SECRET_ACCESS_KEY": "***", "AWS_REGION": "eu-central-1"}
+    assert row["metadata"] == {"api_token": "***", "vitrine_job": "raw"}
+    assert ray_jobs.main(["list", "--address", url]) == 0
+    table = capsys.readouterr().out
+    ray_jobs.main(["status", sid, "--json", "--address", url])
+    status = capsys.readouterr().out
+    assert sid in table and "DB_PASSWORD=***" in table and json.loads(status)["metadata"]["api_token"] == "***"
+    assert secret not in listed + table + status
 
 
 def test_a_failing_job_makes_vitrine_submit_exit_non_zero(local_cluster, submit_env):
