@@ -18,6 +18,8 @@ class AppArgs(BaseModel):
     model: str = "index"
     index: str = "latest"  # "latest" follows indexes/LATEST; an index id pins one
     poll_interval_s: float = Field(10.0, ge=0.5)
+    # Longest wait for a replica to load a new model or index; past it the swap is retried later.
+    warm_timeout_s: float = Field(120.0, gt=0)
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_pixels: int = Field(40_000_000, gt=0)
     default_k: int = Field(30, ge=1)

@@ -4,7 +4,8 @@ A request is decoded and preprocessed here once (the same function as training a
 classified by the Classifier, then searched by Search, both pinned to the version this replica
 serves at the moment the request arrived. The served version is re-read from storage every
 ``poll_interval_s``; a new one is warmed on a replica of each deployment before it is used, and
-one that cannot be served is refused with a log line while the old one keeps serving.
+one that cannot be served is refused with a log line while the old one keeps serving. A warm-up
+that fails for a reason that may pass (storage, timeout, lost replica) is tried again later.
 """
 
 # No `from __future__ import annotations`: FastAPI must see `Request` itself in the signatures of
@@ -29,6 +30,7 @@ from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_by
 
 from . import versions
 from .args import AppArgs
+from .retry import RetryBackoff, short_reason
 from .uploads import UploadError, image_from_body, images_from_body, read_body
 
 log = logging.getLogger("vitrine.serve")
@@ -80,6 +82,7 @@ class Ingress:
         self.root = self.args.storage or storage.default_root()
         self.version: versions.ServingVersion | None = None
         self.refused: dict[tuple, str] = {}  # versions that failed their checks, with the reason
+        self.retries = RetryBackoff()  # versions whose warm-up failed for a reason that may pass
         self._problem = "no version checked yet"
         self._checked_at = 0.0
         self._refresh_lock = asyncio.Lock()
@@ -119,24 +122,33 @@ class Ingress:
                 self._problem = f"cannot read {self.root}: {exc}"
                 log.warning("version check failed (%s); %s", exc, self._keeping())
                 return
+            self.retries.keep_only([candidate.key])
             if self.version is not None and candidate.key == self.version.key:
                 return
-            if candidate.key in self.refused:
+            if candidate.key in self.refused or not self.retries.due(candidate.key):
                 return
+            timeout = self.args.warm_timeout_s
             try:  # load it on one replica of each before any request depends on it
-                model = await self.classifier.warm.remote(candidate.model_id)
+                # A timeout only stops this wait: the replica's load goes on (its cache shields it),
+                # so the next try picks up that same load instead of starting over.
+                model = await asyncio.wait_for(self.classifier.warm.remote(candidate.model_id), timeout)
                 if model["embedding_dim"] != candidate.embedding_dim:
                     raise versions.VersionRejected(f"model {candidate.model_id} produces {model['embedding_dim']}-"
                                                    f"dimensional embeddings, its card says {candidate.embedding_dim}")
                 if candidate.index_id:
-                    index = await self.search.warm.remote(candidate.index_id)
+                    index = await asyncio.wait_for(self.search.warm.remote(candidate.index_id), timeout)
                     if index["model_id"] != candidate.model_id or index["embedding_dim"] != candidate.embedding_dim:
                         raise versions.VersionRejected(
                             f"index {candidate.index_id} (model {index['model_id']}, dim {index['embedding_dim']}) "
                             f"does not match model {candidate.model_id} (dim {candidate.embedding_dim})")
             except Exception as exc:
-                self._refuse(candidate.key, f"model {candidate.model_id} / index {candidate.index_id}: {exc}")
+                if versions.is_permanent(exc):
+                    self.retries.succeeded(candidate.key)
+                    self._refuse(candidate.key, f"model {candidate.model_id} / index {candidate.index_id}: {exc}")
+                else:
+                    self._retry_later(candidate, exc)
                 return
+            self.retries.succeeded(candidate.key)
             previous, self.version = self.version, candidate
             self._problem = ""
             self.metrics.swaps.inc(tags={"outcome": "served"})
@@ -149,6 +161,24 @@ class Ingress:
     def _keeping(self) -> str:
         v = self.version
         return f"keeping model {v.model_id} with index {v.index_id}" if v else "nothing served yet"
+
+    def _retry_later(self, candidate: versions.ServingVersion, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.TimeoutError):
+            reason = f"warm-up took longer than warm_timeout_s={self.args.warm_timeout_s:g}"
+        else:
+            reason = short_reason(exc)
+        state = self.retries.failed(candidate.key, reason)
+        wait = self.retries.delay(state.attempts)
+        log.warning("warming model %s / index %s failed (attempt %d: %s); trying again in %.0f s; %s",
+                    candidate.model_id, candidate.index_id, state.attempts, exc, wait, self._keeping())
+        self.metrics.swaps.inc(tags={"outcome": "retrying"})
+        if self.version is None:
+            self._problem = f"model {candidate.model_id} / index {candidate.index_id}: {reason}; retrying"
+
+    def _retrying(self) -> list[dict]:
+        return [{"model_id": key[0], "index_id": key[1], "attempts": state.attempts,
+                 "next_try_in_s": round(wait, 1), "last_error": state.last_error}
+                for key, state, wait in self.retries.pending()]
 
     def _refuse(self, key: tuple, reason: str) -> None:
         if key not in self.refused:
@@ -233,7 +263,7 @@ class Ingress:
                     "categories": list(v.categories), "max_upload_bytes": self.args.max_upload_bytes,
                     "max_pixels": self.args.max_pixels, "max_batch_images": self.args.max_batch_images,
                     "default_k": self.args.default_k, "max_k": self.args.max_k,
-                    "refused": sorted(set(self.refused.values()))}
+                    "refused": sorted(set(self.refused.values())), "retrying": self._retrying()}
         return await self._handle("info", request, work)
 
     @app.get("/v1/samples")

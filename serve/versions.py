@@ -27,6 +27,14 @@ class NothingPublished(RuntimeError):
     """No model (or no index) has been published under the storage root yet."""
 
 
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a failure to warm a version says the version itself is bad (refuse it for good):
+    our own checks (:class:`VersionRejected`, an index failing its manifest). Anything else, a
+    storage error, a timeout, a lost replica, may pass and is worth another try."""
+    cause = getattr(exc, "cause", None)  # a RayTaskError carries the replica's exception
+    return any(isinstance(e, (VersionRejected, IndexLoadError)) for e in (exc, cause) if e is not None)
+
+
 @dataclass(frozen=True)
 class ServingVersion:
     model_id: str
