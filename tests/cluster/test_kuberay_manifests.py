@@ -99,6 +99,41 @@ def test_cluster_specs_have_what_kuberay_requires(name):
         assert pod["template"]["spec"]["serviceAccountName"] == "vitrine-ray"  # S3 through the IAM role
 
 
+def runtime_env_vars() -> dict[str, dict]:
+    """The env_vars of every runtime_env the manifests and the CronJob hand to Ray."""
+    found = {"rayjob": yaml.safe_load(one(K8S / "rayjob-tune.yaml", "RayJob")["spec"]["runtimeEnvYAML"])}
+    service = yaml.safe_load(one(K8S / "rayservice.yaml", "RayService")["spec"]["serveConfigV2"])
+    for app in service["applications"]:
+        found[f"rayservice:{app['name']}"] = app.get("runtime_env") or {}
+        for d in app.get("deployments") or []:
+            found[f"rayservice:{d['name']}"] = (d.get("ray_actor_options") or {}).get("runtime_env") or {}
+    script = " ".join(one(CRONJOB, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    found["cronjob"] = json.loads(script.split("--runtime-env-json '", 1)[1].split("'", 1)[0])
+    return {name: env.get("env_vars") or {} for name, env in found.items()}
+
+
+def test_no_secret_travels_as_a_literal_or_in_a_runtime_env():
+    from artifacts.secrets import secret_names
+
+    for name, env in runtime_env_vars().items():
+        assert not secret_names(env), f"{name}: the dashboard shows a runtime_env's env_vars"
+    for path in [*MANIFESTS, CRONJOB]:
+        for d in docs(path):
+            for c in containers(d):
+                for e in c.get("env", []):
+                    # A secret comes from a Secret (valueFrom), never as a value in the manifest.
+                    assert not (secret_names([e["name"]]) and "value" in e), f"{path.name}: {c['name']} {e['name']}"
+
+
+def test_ray_pods_take_storage_keys_from_the_named_secret_where_no_role_reaches_them():
+    for name, spec in cluster_specs().items():
+        for pod in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            for c in pod["template"]["spec"]["containers"]:
+                refs = [e["secretRef"] for e in c.get("envFrom", []) if "secretRef" in e]
+                # optional: with an IAM role (serviceaccount.yaml) the Secret need not exist.
+                assert {"name": "vitrine-storage", "optional": True} in refs, f"{name}: {c['name']}"
+
+
 def test_images_match_the_installed_ray_and_ray_cluster_yaml():
     launcher_image = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())["docker"]["image"]
     repo, tag = launcher_image.split(":")
