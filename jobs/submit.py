@@ -77,7 +77,7 @@ class SubmitConfig:
     gpu: bool = False  # with pip: TensorFlow with CUDA (the gpu extra) instead of the CPU wheel
     excludes: tuple[str, ...] = EXCLUDES
     env: tuple[str, ...] = ()  # extra KEY=VALUE for the job
-    forward_env: bool = True  # pass this shell's VITRINE_*/FASHION_MNIST_DIR/S3 settings
+    forward_env: bool = True  # pass this shell's VITRINE_*/FASHION_MNIST_DIR/S3 settings, never its secrets
     submission_id: str = ""  # default: vitrine-<job>-<UTC time>-<random>
     wait: bool = True  # follow the logs until the job ends
     entrypoint_num_cpus: float = 0.0  # CPUs reserved for the driver itself (Ray's default: none)
@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(for the stock rayproject/ray image)")
     p.add_argument("--gpu", action="store_true", help="with --pip: TensorFlow with CUDA (the gpu extra)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable for the job")
-    p.add_argument("--no-forward-env", action="store_true", help="do not pass this shell's VITRINE_*/AWS_* settings")
+    p.add_argument("--no-forward-env", action="store_true",
+                   help="do not pass this shell's VITRINE_*/AWS_* settings (secrets never travel)")
     p.add_argument("--submission-id", help="the job's id (default vitrine-<job>-<time>-<random>)")
     p.add_argument("--no-wait", action="store_true", help="return once submitted")
     p.add_argument("--entrypoint-num-cpus", type=float, help="CPUs reserved for the driver (default 0)")

@@ -10,8 +10,8 @@ from artifacts.secrets import REDACTED, is_secret_name, redact, without_secrets
 
 
 @pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "RAY_AUTH_TOKEN",
-                                  "VITRINE_API_KEY", "VITRINE_API_KEYS", "DB_PASSWORD", "GOOGLE_APPLICATION_CREDENTIALS",
-                                  "client_secret", "KEY", "SSH_PRIVATE_KEY"])
+                                  "VITRINE_API_KEY", "VITRINE_API_KEYS", "DB_PASSWORD", "client_secret", "KEY",
+                                  "GOOGLE_APPLICATION_CREDENTIALS", "SSH_PRIVATE_KEY"])
 def test_secret_looking_names(name):
     assert is_secret_name(name)
 

@@ -107,7 +107,8 @@ def runtime_env_vars() -> dict[str, dict]:
         found[f"rayservice:{app['name']}"] = app.get("runtime_env") or {}
         for d in app.get("deployments") or []:
             found[f"rayservice:{d['name']}"] = (d.get("ray_actor_options") or {}).get("runtime_env") or {}
-    script = " ".join(one(CRONJOB, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    cron = one(CRONJOB, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    script = " ".join(cron["containers"][0]["args"])
     found["cronjob"] = json.loads(script.split("--runtime-env-json '", 1)[1].split("'", 1)[0])
     return {name: env.get("env_vars") or {} for name, env in found.items()}
 
