@@ -4,11 +4,18 @@ service without a failed request; an index that must not be served is refused, t
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from artifacts import publish, storage
 from artifacts.hnsw_index import MANIFEST, IndexManifest
+from artifacts.model_card import MODEL_FILE
+from jobs.build_index import BuildIndexConfig
+from jobs.build_index import run as build_index
+from jobs.embed_catalogue import EmbedConfig
+from jobs.embed_catalogue import run as embed
+from tests.jobs.test_embed_catalogue import save_model
 from tests.serve.conftest import http, publish_version
 
 pytestmark = pytest.mark.slow
@@ -119,3 +126,45 @@ def test_unservable_indexes_are_refused_and_the_old_one_keeps_serving(deploy_app
     assert any(other in r and "cnn-serve-c" in r for r in info["refused"]), info["refused"]
     assert all(s == 200 for s, _, _ in load.answers)
     assert load.served() == [(served["model_id"], served["index_id"])]
+
+
+def _publish_with_model_file_away(root: str, model_id: str, *, seed: int) -> tuple[str, Path, Path]:
+    """Like ``publish_version``, but the model's weights are moved away before the index is
+    published, as if storage failed to return them: ``(index_id, weights path, where they are)``."""
+    models = storage.join(root, "models")
+    save_model(models, model_id, seed=seed)
+    run = embed(EmbedConfig(catalogue=storage.join(root, "catalogue"), model=storage.join(models, model_id),
+                            out=root, local_max_items=10_000, full=True))
+    weights = Path(publish.artifact_uri(models, model_id)) / MODEL_FILE
+    away = weights.with_name(MODEL_FILE + ".away")
+    weights.rename(away)
+    result = build_index(BuildIndexConfig(embeddings=run.run_uri, out=root, storage=root, recall_queries=100))
+    assert result.published
+    return result.index_id, weights, away
+
+
+def test_a_version_that_fails_to_warm_for_a_passing_reason_is_retried_then_served(
+        deploy_app, serving_store, tmp_path, query):
+    root = str(tmp_path / "store")
+    shutil.copytree(serving_store, root)
+    url = deploy_app(root)
+    before = http(url + "/v1/info").json()
+    new_index, weights, away = _publish_with_model_file_away(root, "cnn-serve-r", seed=3)
+
+    def retrying() -> list[dict]:
+        return http(url + "/v1/info").json().get("retrying") or []
+
+    wait_until(lambda: any(r["attempts"] >= 2 for r in retrying()), 30, "a second try of the new version")
+    info = http(url + "/v1/info").json()
+    [entry] = info["retrying"]
+    assert (entry["model_id"], entry["index_id"]) == ("cnn-serve-r", new_index)
+    assert 0 <= entry["next_try_in_s"] <= 60 and entry["last_error"]
+    assert root not in entry["last_error"]  # a short reason, no storage locations
+    assert info["refused"] == [] and (info["model_id"], info["index_id"]) == (before["model_id"], before["index_id"])
+    r = http(url + "/v1/search?k=3&category=all", query)  # the old version keeps serving meanwhile
+    assert r.status == 200 and r.json()["index_id"] == before["index_id"]
+
+    away.rename(weights)  # storage answers again: the next try after the backoff takes it into service
+    wait_until(lambda: http(url + "/v1/info").json()["index_id"] == new_index, 90, "the new version served")
+    info = http(url + "/v1/info").json()
+    assert (info["model_id"], info["retrying"], info["refused"]) == ("cnn-serve-r", [], [])
