@@ -168,3 +168,26 @@ def test_a_version_that_fails_to_warm_for_a_passing_reason_is_retried_then_serve
     wait_until(lambda: http(url + "/v1/info").json()["index_id"] == new_index, 90, "the new version served")
     info = http(url + "/v1/info").json()
     assert (info["model_id"], info["retrying"], info["refused"]) == ("cnn-serve-r", [], [])
+
+
+def test_a_warm_up_past_its_timeout_is_retried_not_refused(deploy_app, serving_store, tmp_path):
+    root = str(tmp_path / "store")
+    shutil.copytree(serving_store, root)
+    # Loading a Keras model takes far longer than this, answering from a loaded one does not: the
+    # first tries time out, and once the replica's load (which a timeout does not stop) is done one
+    # succeeds.
+    url = deploy_app(root, warm_timeout_s=0.05)
+    new_index = publish_version(root, "cnn-serve-t", seed=4)
+    seen = []
+
+    def served() -> bool:
+        info = http(url + "/v1/info").json()
+        seen.extend(r["last_error"] for r in info["retrying"])
+        assert info["refused"] == [], info["refused"]
+        return info["index_id"] == new_index
+
+    deadline = time.monotonic() + 90
+    while not served():
+        assert time.monotonic() < deadline, f"the new version was never served; retrying said {set(seen)}"
+        time.sleep(0.2)
+    assert any("warm_timeout_s=0.05" in reason for reason in seen), set(seen)
