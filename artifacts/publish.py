@@ -1,15 +1,36 @@
-"""Atomic publication of artifacts with ``LATEST`` pointers.
+"""Atomic publication of artifacts with ``LATEST`` pointers that only move forward.
 
 An artifact kind (``models``, ``embeddings/<model_id>``, ``indexes``) lives under
 ``<root>/<kind>/<artifact_id>/``. A writer fills that directory completely, writes the
 artifact's manifest file last, and only then moves ``<root>/<kind>/LATEST`` to the new id.
 Readers go through ``LATEST`` (or name an id explicitly), so a crashed writer leaves at most an
 unreferenced directory, never a half-visible artifact.
+
+Ordering. Every artifact has a creation time, recorded in the ``LATEST`` pointer as
+``created_at`` (seconds since the epoch). It is, first match wins: the ``created_at`` the writer
+passes to :func:`publish`; the timestamp :func:`new_id` put into the id; the modification time of
+the artifact's manifest (for ids chosen by hand, e.g. ``--run-id nightly-1``). The id's timestamp
+is preferred over file times because it survives copies between buckets and clock-skewed
+writers stamp it once, at creation. :func:`publish` refuses (:class:`StaleArtifactError`) to
+point ``LATEST`` at an artifact created before the one it names, so a slow run that started
+first cannot roll back a newer one; equal times are allowed (ids have one-second resolution).
+``force=True`` skips that check for a deliberate rollback.
+
+Concurrency. The check and the write are a read-compare-write with a generation check: the
+pointer is read, compared, re-read just before writing and the write is abandoned if it changed.
+Locally the whole sequence also holds an exclusive ``flock`` (a lock file in the temp directory
+keyed by the kind's real path, so one host's publishers are serialised), and the
+pointer is written through a temporary file and a rename (:func:`storage.write_text`). On S3 the pointer is one PUT and pyarrow offers no
+conditional write, so two publishers racing inside the same few milliseconds can still both pass
+the check and the later PUT wins (the remaining race: narrow, and never a half-written pointer).
 """
 
 from __future__ import annotations
 
+import calendar
+import contextlib
 import json
+import os
 import re
 import time
 
@@ -17,10 +38,16 @@ from . import storage
 
 LATEST = "LATEST"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# The timestamp new_id writes into every id: the writer's own record of when it made the artifact.
+_ID_TIME = re.compile(r"-(\d{8}T\d{6})-[0-9a-f]{4}$")
 
 
 class NotPublishedError(storage.StorageError):
     """Nothing has been published yet under a kind's directory."""
+
+
+class StaleArtifactError(RuntimeError):
+    """``publish`` refused to move ``LATEST`` to an artifact older than the one it names."""
 
 
 def check_id(artifact_id: str) -> str:
@@ -37,17 +64,95 @@ def new_id(prefix: str) -> str:
     return check_id(f"{prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:4]}")
 
 
+def id_timestamp(artifact_id: str) -> float | None:
+    """Seconds since the epoch that :func:`new_id` encoded in an id; None for other ids."""
+    m = _ID_TIME.search(artifact_id or "")
+    if not m:
+        return None
+    return float(calendar.timegm(time.strptime(m.group(1), "%Y%m%dT%H%M%S")))
+
+
 def artifact_uri(kind_uri: str, artifact_id: str) -> str:
     return storage.join(kind_uri, check_id(artifact_id))
 
 
-def publish(kind_uri: str, artifact_id: str, *, manifest_name: str) -> str:
-    """Point ``LATEST`` at ``artifact_id`` after checking its manifest is in place."""
+def _created_at(kind_uri: str, artifact_id: str, manifest_name: str) -> float:
+    ts = id_timestamp(artifact_id)
+    if ts is not None:
+        return ts
+    fs, path = storage.resolve(storage.join(artifact_uri(kind_uri, artifact_id), manifest_name))
+    info = fs.get_file_info(path)
+    if info.mtime is None:
+        raise storage.StorageError(f"cannot order {artifact_id!r}: no timestamp in its id and no mtime on "
+                                   f"its {manifest_name}; pass created_at")
+    return info.mtime.timestamp()
+
+
+def _read_pointer(kind_uri: str) -> dict | None:
+    pointer = storage.join(kind_uri, LATEST)
+    if not storage.exists(pointer):
+        return None
+    return json.loads(storage.read_text(pointer))
+
+
+@contextlib.contextmanager
+def _local_lock(kind_uri: str):
+    if storage.is_remote(kind_uri):
+        yield
+        return
+    import fcntl
+    import hashlib
+    import tempfile
+
+    # In the temp directory, not the kind's: listings of models/ or indexes/ must show artifacts only.
+    _, path = storage.resolve(kind_uri)
+    key = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
+    with open(os.path.join(tempfile.gettempdir(), f"vitrine-publish-{key}.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def publish(kind_uri: str, artifact_id: str, *, manifest_name: str, created_at: float | None = None,
+            force: bool = False) -> str:
+    """Point ``LATEST`` at ``artifact_id`` after checking its manifest is in place; returns its URI.
+
+    Raises :class:`StaleArtifactError` when ``LATEST`` names an artifact created after this one
+    (see the module docstring for how creation times are found), unless ``force`` is set.
+    """
     uri = artifact_uri(kind_uri, artifact_id)
     if not storage.exists(storage.join(uri, manifest_name)):
         raise storage.StorageError(f"refusing to publish {uri}: its {manifest_name} is missing (incomplete write?)")
-    storage.write_text(storage.join(kind_uri, LATEST), json.dumps({"id": artifact_id, "published_at": time.time()}) + "\n")
+    created = float(created_at) if created_at is not None else _created_at(kind_uri, artifact_id, manifest_name)
+    with _local_lock(kind_uri):
+        current = _read_pointer(kind_uri)
+        if current is not None and not force and current.get("id") != artifact_id:
+            cur_id = check_id(current["id"])
+            cur_created = current.get("created_at")
+            if cur_created is None:  # a pointer written before created_at was recorded
+                try:
+                    cur_created = _created_at(kind_uri, cur_id, manifest_name)
+                except storage.StorageError:
+                    cur_created = None
+            if cur_created is not None and created < float(cur_created):
+                raise StaleArtifactError(
+                    f"not publishing {artifact_id} under {kind_uri}: {LATEST} names {cur_id}, created "
+                    f"{_iso(float(cur_created))}, after {artifact_id} ({_iso(created)}); "
+                    f"use force=True (vitrine models rollback) to move it back deliberately")
+        # Generation check: someone else moved the pointer while we compared; let them win.
+        if _read_pointer(kind_uri) != current:
+            raise StaleArtifactError(f"not publishing {artifact_id} under {kind_uri}: {LATEST} changed while "
+                                     f"publishing; re-run to compare against the new one")
+        storage.write_text(storage.join(kind_uri, LATEST),
+                           json.dumps({"id": artifact_id, "published_at": time.time(), "created_at": created,
+                                       **({"forced": True} if force else {})}) + "\n")
     return uri
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def latest_id(kind_uri: str) -> str:

@@ -101,10 +101,20 @@ def resolve_embeddings(config: BuildIndexConfig) -> str:
 def read_embeddings(run_uri: str, max_items: int = 0) -> tuple[list[str], list[str | None], np.ndarray, object]:
     """``(item_ids, categories, vectors, run_manifest)`` of a complete embeddings run."""
     from artifacts import embeddings
+    from artifacts.hnsw_index import IndexBuildError
 
     run_uri = embeddings.resolve_run(run_uri)
     manifest = embeddings.read_manifest(run_uri)
     table = embeddings.read_table(run_uri, columns=["item_id", "category", "embedding"])
+    # The manifest is written last and says how many rows the run holds; fewer (a lost or
+    # overwritten part file) or more (a stray file in data/) means the index would not be the run.
+    counts = manifest.counts or {}
+    if "total" not in counts:
+        raise IndexBuildError(f"{run_uri}: its manifest has no counts.total; cannot check the row count")
+    expected = int(counts["total"]) - int(counts.get("failed", 0))
+    if table.num_rows != expected:
+        raise IndexBuildError(f"{run_uri} holds {table.num_rows} rows but its manifest counts {expected} "
+                              f"(total {counts['total']} - failed {counts.get('failed', 0)}); not indexing it")
     if max_items:
         table = table.slice(0, max_items)
     dim = int(manifest.embedding_dim)
@@ -150,10 +160,15 @@ def run(config: BuildIndexConfig) -> BuildIndexResult:
                        "queries": min(config.recall_queries, len(ids)), "seed": config.seed,
                        "queries_from": "catalogue vectors", "ties": "a hit at the exact k-th similarity counts"},
                config=to_dict(config))
+    published = False
     if config.publish:
-        publish.publish(indexes, index_id, manifest_name=MANIFEST)
-        log.info("published %s as %s/LATEST", uri, indexes)
-    return BuildIndexResult(index_id=index_id, index_uri=uri, published=config.publish, embeddings_run=run_uri,
+        try:
+            publish.publish(indexes, index_id, manifest_name=MANIFEST)
+            published = True
+            log.info("published %s as %s/LATEST", uri, indexes)
+        except publish.StaleArtifactError as exc:
+            log.warning("%s", exc)
+    return BuildIndexResult(index_id=index_id, index_uri=uri, published=published, embeddings_run=run_uri,
                             model_id=model_id, items=len(index), embedding_dim=index.dim,
                             categories=index.category_counts(), recall_at_10=recall, filtered_recall_at_10=filtered,
                             build_seconds=index.build_seconds, wall_seconds=time.time() - t0)

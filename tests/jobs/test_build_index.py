@@ -154,3 +154,16 @@ def test_compare_filters(root, capsys):
     assert {r["strategy"] for r in report["rows"]} == {"subindex", "callback", "overfetch"}
     assert all(0.9 <= r["recall_at_k"] <= 1.0 for r in report["rows"] if r["case"] == "own category")
     assert not storage.exists(f"{root}/indexes")
+
+
+def test_row_count_mismatch_with_the_manifest_is_refused(tmp_path):
+    # The manifest counts 2000 items but a part file lost rows: refuse, publish nothing.
+    ids, cats, vectors = synthetic()
+    root = str(tmp_path / "store")
+    run_uri = write_run(root, "model-a", "run-1", ids[:1500], cats[:1500], vectors[:1500])
+    m = json.loads(storage.read_text(storage.join(run_uri, embeddings.MANIFEST)))
+    m["counts"] = {"total": 2000, "failed": 0}
+    storage.write_text(storage.join(run_uri, embeddings.MANIFEST), json.dumps(m))
+    with pytest.raises(IndexBuildError, match="1500 rows but its manifest counts 2000"):
+        build_index.run(cfg(embeddings=run_uri, out=root))
+    assert not storage.exists(f"{root}/indexes/LATEST")
