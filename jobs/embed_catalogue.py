@@ -249,12 +249,13 @@ def run(config: EmbedConfig) -> EmbedResult:
         previous_run=previous_run, started_at=started_at, finished_at=_now_iso(),
         config={**to_dict(config), "model": model_uri, "out": root})
     storage.write_text(storage.join(run_uri, embeddings.MANIFEST), manifest.to_json())
-    publish.publish(runs_uri, run_id, manifest_name=embeddings.MANIFEST)
+    published = _publish_if_newer(runs_uri, run_id, manifest)
     wall = time.perf_counter() - t0
     timings["wall_s"] = wall
-    log.info("published %s in %.1f s: %s", run_uri, wall, ", ".join(f"{k} {counts[k]}" for k in COUNT_KEYS))
+    log.info("%s %s in %.1f s: %s", "published" if published else "wrote (LATEST unchanged)", run_uri, wall,
+             ", ".join(f"{k} {counts[k]}" for k in COUNT_KEYS))
     return EmbedResult(run_id=run_id, run_uri=run_uri, model_id=card.model_id, counts=counts,
-                       previous_run=previous_run, published=True, reused=False, wall_time_s=wall,
+                       previous_run=previous_run, published=published, reused=False, wall_time_s=wall,
                        errors_uri=errors_uri, timings=timings)
 
 
@@ -462,26 +463,32 @@ def _top_reasons(errors, k: int = 3) -> str:
 
 
 def _publish_if_newer(runs_uri: str, run_id: str, manifest) -> bool:
-    """Re-running a complete run finishes a publication a crash interrupted, but never moves
-    LATEST back to an older run."""
+    """Move LATEST to a complete run unless it covers part of the catalogue only (``--limit``,
+    smoke) or is older than the run LATEST names; a re-run finishes a publication a crash
+    interrupted. Runs are ordered by when they started (the catalogue snapshot they embed)."""
+    import calendar
+
     from artifacts import embeddings, publish
 
+    limit = int((manifest.config or {}).get("limit") or 0)
+    if limit > 0 or (manifest.config or {}).get("smoke_test"):
+        log.info("not publishing %s: a partial run (limit %d%s) never moves LATEST", run_id, limit,
+                 ", smoke test" if (manifest.config or {}).get("smoke_test") else "")
+        return False
+    started = None  # manifests without started_at: publish falls back to the id's time or the file's
+    if manifest.started_at:
+        head, _, frac = manifest.started_at.rstrip("Z").partition(".")
+        started = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
     try:
-        latest = publish.latest_id(runs_uri)
-    except publish.NotPublishedError:
-        latest = None
-    if latest == run_id:
-        return True
-    if latest is not None:
-        current = embeddings.read_manifest(publish.artifact_uri(runs_uri, latest))
-        if current.finished_at >= manifest.finished_at:
-            return False
-    publish.publish(runs_uri, run_id, manifest_name=embeddings.MANIFEST)
+        publish.publish(runs_uri, run_id, manifest_name=embeddings.MANIFEST, created_at=started)
+    except publish.StaleArtifactError as exc:
+        log.warning("%s", exc)
+        return False
     return True
 
 
 def _now_iso() -> str:
-    # Milliseconds: _publish_if_newer orders runs by it.
+    # Milliseconds: _publish_if_newer orders runs by started_at.
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 

@@ -217,6 +217,13 @@ def test_a_crashed_run_is_invisible_and_the_same_run_id_completes_it(tmp_path, t
     item = manifest[0]["item_id"]
     assert after[item] == {**before[item], "category": "Renamed"}
 
+    # A --limit run covers part of the catalogue: written, never published, not the next baseline.
+    partial = run(dataclasses.replace(config, run_id="run-d", limit=5))
+    assert not partial.published and partial.counts["total"] == 5 and publish.latest_id(runs) == "run-c"
+    assert not run(dataclasses.replace(config, run_id="run-d", limit=5)).published  # nor when re-run
+    after_partial = run(dataclasses.replace(config, run_id="run-e"))
+    assert after_partial.previous_run == "run-c" and after_partial.counts["unchanged"] == 20
+
 
 def test_another_model_or_full_embeds_everything_and_the_cli(tmp_path, tiny_fashion_mnist, models_dir, capsys):
     cat = tmp_path / "catalogue"
@@ -266,6 +273,11 @@ def test_folder_catalogue_model_and_embeddings_on_s3(s3_bucket, ray_local, tmp_p
     assert first.counts["new"] == 24 and first.counts["embedded"] == 24 and first.counts["failed"] == 0
     runs = embeddings.model_runs_uri(root, "cnn-test-a")
     assert first.run_uri.startswith(runs + "/run-")
+    # A smoke run writes its run but never moves LATEST; publish it by hand for the incremental step.
+    assert not first.published
+    with pytest.raises(publish.NotPublishedError):
+        publish.latest_id(runs)
+    publish.publish(runs, first.run_id, manifest_name=embeddings.MANIFEST)
     t = embeddings.read_table(runs)
     listing = catalogue.list_catalogue(cat)
     expected = dict(zip(listing.column("item_id").to_pylist(), listing.column("image_uri").to_pylist()))
