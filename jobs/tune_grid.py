@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                               smoke_test=args.smoke_test or None)
     result = run(config)
     if args.json:
-        print(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, "report_uri": result.report_uri,
+        print(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, "published": result.published,
+                          "report_uri": result.report_uri,
                           "best": result.best, "wall_time_s": result.wall_time_s,
                           "sum_trial_seconds": result.sum_trial_seconds,
                           "test_accuracy": (result.test_metrics or {}).get("accuracy")}, indent=2))
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"val {b['val_accuracy']:.4f} test {b['test_accuracy']:.4f}")
         print(f"report: {result.report_uri}/report.md")
         if result.model_uri:
-            print(f"model: {result.model_uri}")
+            print(f"model: {result.model_uri}" + ("" if result.published else " (not published: models/LATEST unchanged)"))
     return 0 if result.best else 1
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from artifacts import model_artifact, publish, storage
 from artifacts.configuration import load_config, to_dict
-from artifacts.model_card import ModelCard
+from artifacts.model_card import CARD_FILE, ModelCard
 
 from .training import BEST, OPTIMIZERS, TrainConfig
 
@@ -71,6 +71,7 @@ class GridResult:
     report_uri: str | None
     wall_time_s: float
     sum_trial_seconds: float
+    published: bool = False  # whether model_uri became models/LATEST (never for smoke runs)
 
 
 def smoke(config: GridConfig) -> GridConfig:
@@ -219,13 +220,15 @@ def run(config: GridConfig) -> GridResult:
     tested = _add_test_accuracy(config, results, leaderboard) if config.evaluate_all else {}
 
     best = test_metrics = model_uri = None
+    published = False
     notes = (f"Grid wall time {wall:.0f} s; sum of trial times {sum_trial:.0f} s; "
              f"ratio {wall / sum_trial:.2f}.\n" if sum_trial else "")
     if resumed:
         notes += "\nResumed run: the wall time covers this invocation only, trial times the whole run.\n"
     if best_result is not None:
         best_id = (best_result.metrics or {}).get("trial_id") or Path(best_result.path).name
-        best, test_metrics, model_uri = _evaluate_and_export(config, best_result, root, run_id, tested.get(best_id))
+        best, test_metrics, model_uri, published = _evaluate_and_export(config, best_result, root, run_id,
+                                                                        tested.get(best_id))
     with tempfile.TemporaryDirectory(prefix="vitrine-report-") as tmp:
         from .report import write_report
 
@@ -237,7 +240,7 @@ def run(config: GridConfig) -> GridResult:
         storage.upload_dir(tmp, report_uri)
     result = GridResult(run_id=run_id, run_uri=run_uri, leaderboard=leaderboard, best=best,
                         test_metrics=test_metrics, model_uri=model_uri, report_uri=report_uri,
-                        wall_time_s=wall, sum_trial_seconds=sum_trial)
+                        wall_time_s=wall, sum_trial_seconds=sum_trial, published=published)
     storage.write_text(storage.join(run_uri, SUMMARY), json.dumps(
         {**dataclasses.asdict(result), "resumed": resumed, "config": to_dict(config)}, indent=2, default=str))
     return result
@@ -273,7 +276,7 @@ def _add_test_accuracy(config: GridConfig, results, leaderboard: list[dict]) -> 
 
 
 def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
-                         test_metrics: dict | None = None) -> tuple[dict, dict, str | None]:
+                         test_metrics: dict | None = None) -> tuple[dict, dict, str | None, bool]:
     import keras
 
     from .evaluation import evaluate
@@ -295,7 +298,7 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
     log.info("best trial %s (%s/%s/%g): val %.4f, test %.4f", best["trial_id"], best["architecture"],
              best["optimizer"], best["learning_rate"], best["val_accuracy"], test_metrics["accuracy"])
     if not config.export:
-        return best, test_metrics, None
+        return best, test_metrics, None, False
     from .models import EMBEDDING_LAYER
 
     model_id = publish.new_id(spec_trial["architecture"].replace("_", "-"))
@@ -310,9 +313,20 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
         dataset={**ds.describe(), "seed": train_cfg.seed, "validation_fraction": train_cfg.validation_fraction},
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         framework={"keras": keras.__version__})
-    uri = model_artifact.save(model, card, model_artifact.models_root(root))
-    log.info("exported %s", uri)
-    return best, test_metrics, uri
+    models = model_artifact.models_root(root)
+    # A smoke run's model is a pipeline check on a few hundred images: it must never be served.
+    uri = model_artifact.save(model, card, models, make_latest=False)
+    published = False
+    if config.smoke_test:
+        log.info("exported %s; not publishing it as models/LATEST: smoke-test run", uri)
+    else:
+        try:
+            publish.publish(models, model_id, manifest_name=CARD_FILE)
+            published = True
+            log.info("exported %s and published it as models/LATEST", uri)
+        except publish.StaleArtifactError as exc:
+            log.warning("exported %s; %s", uri, exc)
+    return best, test_metrics, uri, published
 
 
 def load_grid_config(path: str | None, overrides=(), **flags) -> GridConfig:

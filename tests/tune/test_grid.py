@@ -54,7 +54,11 @@ def test_smoke_grid_on_object_storage_exports_a_model_that_evaluate_reloads(s3_b
         assert storage.read_bytes(storage.join(result.report_uri, png))[:8] == b"\x89PNG\r\n\x1a\n"
 
     models = model_artifact.models_root(root)
-    assert publish.latest_id(models) == result.model_uri.rsplit("/", 1)[1]
+    # A smoke run exports its model but never moves models/LATEST (issue 11, item 5).
+    assert not result.published
+    with pytest.raises(publish.NotPublishedError):
+        publish.latest_id(models)
+    models = result.model_uri
     card = model_artifact.read_card(models)
     assert card.architecture == "cnn_dropout_1" and card.embedding_layer == "embedding" and card.embedding_dim == 128
     assert card.test_metrics["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
