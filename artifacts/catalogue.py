@@ -57,6 +57,37 @@ def check_item_id(item_id: str) -> str:
     return item_id
 
 
+def confine(uri: str, roots: tuple[str, ...] | list[str]) -> str:
+    """``uri`` normalised, if it lies under one of ``roots``; else :class:`CatalogueError` with a reason.
+
+    ``file://`` URIs, ``..`` segments and percent-encoded separators are refused outright; local
+    paths are compared by real path (symlinks resolved) and on whole path segments, so
+    ``/data/cat`` does not admit ``/data/catalogue-evil``.
+    """
+    from urllib.parse import unquote
+
+    if uri.startswith("file:"):
+        raise CatalogueError(f"image_uri {uri!r} is a file:// URI; only paths under the catalogue roots are allowed")
+    decoded = unquote(uri)
+    if decoded != uri and ("/" in decoded.replace(uri, "") or ".." in decoded or "%" in decoded):
+        raise CatalogueError(f"image_uri {uri!r} hides a separator or '..' in percent-encoding")
+    if ".." in decoded.replace("\\", "/").split("/"):
+        raise CatalogueError(f"image_uri {uri!r} has a '..' segment")
+
+    def norm(u: str) -> str:
+        if storage.is_remote(u):
+            scheme, _, rest = u.partition("://")
+            return f"{scheme.lower()}://{posixpath.normpath(rest)}"
+        return os.path.realpath(u)
+
+    target = norm(decoded)
+    for root in roots:
+        base = norm(root).rstrip("/")
+        if target == base or target.startswith(base + "/"):
+            return target
+    raise CatalogueError(f"image_uri {uri!r} lies outside the catalogue roots {list(roots)}")
+
+
 def content_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -257,3 +257,31 @@ def test_export_to_s3_through_the_cli(s3_bucket, tiny_fashion_mnist, capsys):
     assert [catalogue.content_sha256(r) for r in raw] == t.column("content_sha256").to_pylist()[:3]
     with pytest.raises(ValueError, match="unknown split"):
         export_catalogue.run(ExportConfig(split="validation", out=out, data=str(tiny_fashion_mnist)))
+
+
+# --- confinement of image URIs (issue 11 item 1) ---
+
+def test_confine_refuses_outside_uris_with_reasons(tmp_path):
+    from artifacts.catalogue import CatalogueError, confine
+
+    root = tmp_path / "cat"
+    root.mkdir()
+    (tmp_path / "catalogue-evil").mkdir()
+    (tmp_path / "outside.png").write_bytes(b"x")
+    (root / "link.png").symlink_to(tmp_path / "outside.png")
+    cases = {
+        f"file://{root}/a.png": "file://",
+        "s3://other-bucket/a.png": "outside",
+        f"{root}/../outside.png": "'..'",
+        f"{tmp_path}/catalogue-evil/a.png": "outside",
+        f"{root}/link.png": "outside",
+        f"{root}/%2e%2e/outside.png": "percent",
+        "/etc/passwd": "outside",
+    }
+    for uri, reason in cases.items():
+        with pytest.raises(CatalogueError, match=reason):
+            confine(uri, (str(root),))
+    assert confine(f"{root}/a/b.png", (str(root),)) == f"{os.path.realpath(root)}/a/b.png"
+    assert confine("s3://imgs/x/b.png", (str(root), "s3://imgs/x")) == "s3://imgs/x/b.png"
+    with pytest.raises(CatalogueError):
+        confine("s3://imgs/xy/b.png", (str(root), "s3://imgs/x"))
