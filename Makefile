@@ -10,7 +10,7 @@ export RAY_AUTH_MODE ?= disabled
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup run batch serve test reliability smoke clean
+.PHONY: setup run batch serve test reliability smoke audit clean
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,15 @@ reliability: setup
 	mkdir -p $(VITRINE_STORAGE)
 	$(BIN)/python -m pytest -m fault -v -s 2>&1 | tee $(VITRINE_STORAGE)/reliability-last-run.txt | \
 		grep -E '^(tests/|PASSED|FAILED|cluster:|Classifier:|Search:|outcome:|node loss:|grid resume:|=+ .* in )'
+
+# Vulnerability audit of what .venv resolved to (pip-audit, from its own tool venv: not a project
+# dependency). Findings fail unless .ci/audit-ignore.txt accepts them with a reason; an
+# unreachable vulnerability service prints "audit skipped: service unreachable" and passes.
+AUDIT_VENV ?= .venv-audit
+audit: setup
+	test -x $(AUDIT_VENV)/bin/pip-audit || { $(PYTHON) -m venv $(AUDIT_VENV) && \
+		$(AUDIT_VENV)/bin/python -m pip install -q 'pip-audit>=2.7,<3'; }
+	$(AUDIT_VENV)/bin/python .ci/audit.py --venv $(VENV) --ignore .ci/audit-ignore.txt
 
 clean:
 	rm -rf .vitrine .pytest_cache
