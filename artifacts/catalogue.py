@@ -38,9 +38,14 @@ MANIFEST_FILE = "manifest.parquet"
 MANIFEST_NAMES = ("manifest.parquet", "manifest.csv", "manifest.jsonl", "manifest.ndjson", "manifest.json")
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson", ".json")
 CORE_COLUMNS = ("item_id", "image_uri", "category", "content_sha256")
+REFUSED = "refused_reason"  # list_catalogue(keep_refused=True): why a row's image may not be read
 
 # Item ids name files (``<item_id>.<ext>``) and travel into URLs: no separators, no traversal.
+# The one rule: the API (serve/ingress.py) checks ids with is_item_id, so every item listed here
+# is reachable there.
 _ITEM_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-+=@~]{0,199}$")
+ITEM_ID_RULE = ("1-200 of letters, digits and . _ - + = @ ~, not starting with '.' or '-', "
+                "no '/', '\\' or '..'")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -48,12 +53,15 @@ class CatalogueError(ValueError):
     """A catalogue cannot be used as given; the message names the source and what is wrong."""
 
 
+def is_item_id(item_id) -> bool:
+    """True if ``item_id`` is safe as a file name and URL segment (:data:`ITEM_ID_RULE`)."""
+    return isinstance(item_id, str) and bool(_ITEM_ID.fullmatch(item_id)) and ".." not in item_id
+
+
 def check_item_id(item_id: str) -> str:
     """Return ``item_id`` if it is safe as a file name and URL segment, else raise."""
-    if not isinstance(item_id, str) or not _ITEM_ID.fullmatch(item_id) or ".." in item_id:
-        raise CatalogueError(
-            f"invalid item id {item_id!r}: 1-200 of letters, digits and . _ - + = @ ~, "
-            "not starting with '.' or '-', no '/', '\\' or '..'")
+    if not is_item_id(item_id):
+        raise CatalogueError(f"invalid item id {item_id!r}: {ITEM_ID_RULE}")
     return item_id
 
 
@@ -74,43 +82,155 @@ def confine(uri: str, roots: tuple[str, ...] | list[str]) -> str:
     if ".." in decoded.replace("\\", "/").split("/"):
         raise CatalogueError(f"image_uri {uri!r} has a '..' segment")
 
-    def norm(u: str) -> str:
-        if storage.is_remote(u):
-            scheme, _, rest = u.partition("://")
-            return f"{scheme.lower()}://{posixpath.normpath(rest)}"
-        return os.path.realpath(u)
-
-    target = norm(decoded)
+    target = _norm_target(decoded)
     for root in roots:
-        base = norm(root).rstrip("/")
+        base = _norm_root(root)
         if target == base or target.startswith(base + "/"):
             return target
     raise CatalogueError(f"image_uri {uri!r} lies outside the catalogue roots {list(roots)}")
+
+
+def _norm_target(uri: str) -> str:
+    # An object key is compared as written: the store reads the literal key, and a prefix test on
+    # it (no '..' left) is exactly "under the root"; normalising 's3://b//cat/x' would let the key
+    # '/cat/x' pass for 'cat/x'.
+    if storage.is_remote(uri):
+        scheme, _, rest = uri.partition("://")
+        return f"{scheme.lower()}://{rest}"
+    return os.path.realpath(uri)
+
+
+def _norm_root(root: str) -> str:
+    if storage.is_remote(root):
+        scheme, _, rest = root.partition("://")
+        return f"{scheme.lower()}://{posixpath.normpath(rest)}".rstrip("/")
+    return os.path.realpath(root).rstrip("/")
+
+
+def catalogue_roots(uri: str, allowed_prefixes=()) -> tuple[str, ...]:
+    """Where the images of the catalogue at ``uri`` may lie: its own root (the directory of its
+    manifest, or the image folders' directory) and then each of ``allowed_prefixes``, made
+    absolute. A prefix that is a ``file://`` URI or holds a '..' segment raises
+    :class:`CatalogueError` (config mistakes should not widen what can be read)."""
+    uri = str(uri)
+    own = _parent(uri) if uri.lower().endswith(MANIFEST_SUFFIXES) else uri
+    roots: list[str] = []
+    for root in (own, *allowed_prefixes):
+        root = str(root).strip()
+        if not root:
+            continue
+        if root.lower().startswith("file:") or ".." in root.replace("\\", "/").split("/"):
+            raise CatalogueError(f"catalogue root {root!r}: give a plain path or an s3:// prefix, without '..'")
+        roots.append(_norm_root(root) if storage.is_remote(root) else os.path.abspath(root))
+    return tuple(dict.fromkeys(roots))
+
+
+# Rows that take the full confine() path (for its decision and its reason) instead of the bulk one.
+_ODD_URI = r"(?i)^file:|%|\\|(^|/)\.\.(/|$)"
+
+
+def refusals(uris, roots) -> pa.Array:
+    """For each URI, why it may not be read (a ``"refused: ..."`` string), or null when it lies
+    under ``roots``; the same decision as :func:`confine`, made in bulk.
+
+    Object-storage URIs are prefix tests on the column. Local paths resolve symlinks once per
+    directory (``realpath`` of the directory, plus the names in it that are symlinks, from one
+    ``scandir``), so a 60k-row manifest costs a few directory reads, not 60k ``realpath`` calls.
+    """
+    uris = _combined(uris)
+    n = len(uris)
+    if not n:
+        return pa.array([], pa.string())
+    roots = tuple(roots)
+    odd = pc.fill_null(pc.match_substring_regex(uris, _ODD_URI), True)
+    remote = pc.fill_null(pc.match_substring_regex(uris, r"(?i)^s3a?://"), False)
+    ok = pa.array([False] * n)
+    remote_roots = [_norm_root(r) for r in roots if storage.is_remote(r)]
+    for base in remote_roots:
+        ok = pc.or_(ok, pc.starts_with(uris, base + "/"))
+    ok = pc.and_(ok, remote)
+    local = pc.invert(pc.or_(remote, odd))
+    if pc.any(local).as_py():
+        ok = pc.or_(ok, _local_ok(uris, local, [_norm_root(r) for r in roots if not storage.is_remote(r)]))
+    ok = pc.fill_null(pc.and_(ok, pc.invert(odd)), False)
+    if pc.all(ok).as_py():
+        return pa.nulls(n, pa.string())
+    reasons: list[str | None] = [None] * n
+    values = uris.to_pylist()
+    for i in pc.indices_nonzero(pc.invert(ok)).to_pylist():
+        try:
+            confine(values[i] or "", roots)
+        except CatalogueError as exc:
+            reasons[i] = f"refused: {exc}"
+    return pa.array(reasons, pa.string())
+
+
+def _combined(col):
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _local_ok(uris: pa.Array, local: pa.Array, bases: list[str]) -> pa.Array:
+    """True for the ``local`` rows whose real path lies under one of ``bases`` (real paths)."""
+    if not bases:
+        return pa.array([False] * len(uris))
+    parts = pc.split_pattern(pc.if_else(local, uris, pa.scalar(None, pa.string())), "/", max_splits=1, reverse=True)
+    # A relative name without '/' lives in the working directory.
+    dirs = pc.if_else(pc.equal(pc.list_value_length(parts), 2), pc.list_element(parts, 0), pa.scalar(".", pa.string()))
+    inside, links = [], []
+    for d in pc.unique(dirs.filter(pc.is_valid(dirs))).to_pylist():
+        real = os.path.realpath(d or "/")
+        if not any(real == b or real.startswith(b + "/") or b == "" for b in bases):
+            continue
+        inside.append(d)
+        try:
+            with os.scandir(d or "/") as entries:
+                links.extend(e.name if d == "." else f"{d}/{e.name}" for e in entries if e.is_symlink())
+        except OSError:  # a missing directory: its files fail when read, with that reason
+            pass
+    ok = pc.fill_null(pc.is_in(dirs, value_set=pa.array(inside, pa.string())), False)
+    if links:  # a symlinked file goes through confine(), which follows it
+        ok = pc.and_(ok, pc.invert(pc.fill_null(pc.is_in(uris, value_set=pa.array(links, pa.string())), False)))
+    return ok
 
 
 def content_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def list_catalogue(uri: str) -> pa.Table:
+def list_catalogue(uri: str, *, allowed_prefixes=(), keep_refused: bool = False) -> pa.Table:
     """Every item of the catalogue at ``uri`` (manifest or image folders), checked.
 
     Raises :class:`CatalogueError` for a missing or empty source, missing columns, invalid or
     duplicate item ids, or a malformed ``content_sha256``. The table's schema metadata records
     the source kind (``vitrine.kind``: ``manifest`` or ``folders``) and URI.
+
+    Each ``image_uri`` must lie under :func:`catalogue_roots` (the catalogue's own root plus
+    ``allowed_prefixes``). By default one that does not raises; with ``keep_refused`` every row
+    is returned and a last column ``refused_reason`` says why a row may not be read (null when
+    it may): the embedding job turns those rows into rows of its errors table.
     """
     uri = str(uri).rstrip("/") if storage.is_remote(str(uri)) else str(uri)
     manifest = find_manifest(uri)
     if manifest:
-        table, kind, source = read_manifest(manifest), "manifest", manifest
+        table, kind, source = read_manifest(manifest, allowed_prefixes=allowed_prefixes), "manifest", manifest
     elif storage.is_dir(uri):
         table, kind, source = _list_folders(uri), "folders", uri
+        # Listed under the root by construction; refusals() still catches symlinks out of it.
+        table = table.append_column(REFUSED, refusals(table.column("image_uri"),
+                                                      catalogue_roots(uri, allowed_prefixes)))
     else:
         raise CatalogueError(f"catalogue {uri} not found (expected a directory of category folders, "
                              f"a directory with a manifest, or a manifest file)")
     if table.num_rows == 0:
         raise CatalogueError(f"catalogue {source} holds no items")
     _check_ids(table, source)
+    if not keep_refused:
+        reasons = table.column(REFUSED)
+        if reasons.null_count != len(reasons):
+            first = reasons.filter(pc.is_valid(reasons))[0].as_py()
+            raise CatalogueError(f"catalogue {source}: {len(reasons) - reasons.null_count} item(s) may not be "
+                                 f"read, e.g. {first}")
+        table = table.drop_columns([REFUSED])
     return table.replace_schema_metadata({"vitrine.kind": kind, "vitrine.source": source})
 
 
@@ -129,8 +249,9 @@ def find_manifest(uri: str) -> str | None:
     return None
 
 
-def read_manifest(uri: str) -> pa.Table:
-    """A manifest file as a catalogue table (core columns first, relative URIs resolved)."""
+def read_manifest(uri: str, *, allowed_prefixes=()) -> pa.Table:
+    """A manifest file as a catalogue table (core columns first, relative URIs resolved, then the
+    manifest's other columns, then ``refused_reason``: see :func:`list_catalogue`)."""
     raw = _read_manifest_file(uri)
     missing = [c for c in ("item_id", "image_uri") if c not in raw.column_names]
     if missing:
@@ -143,11 +264,40 @@ def read_manifest(uri: str) -> pa.Table:
         nulls = cols[c].null_count + (pc.sum(pc.fill_null(pc.equal(cols[c], ""), False)).as_py() or 0)
         if nulls:
             raise CatalogueError(f"manifest {uri}: {nulls} row(s) have an empty {c}")
-    cols["image_uri"] = _resolve_image_uris(_parent(uri), cols["image_uri"])
+    cols["image_uri"], refused = _resolve_and_confine(_parent(uri), cols["image_uri"],
+                                                      catalogue_roots(uri, allowed_prefixes))
     cols["category"] = _empty_to_null(cols["category"])
     cols["content_sha256"] = _check_hashes(_empty_to_null(cols["content_sha256"]), uri)
-    extra = [c for c in raw.column_names if c not in CORE_COLUMNS]
-    return pa.table({**cols, **{c: raw.column(c) for c in extra}})
+    # A manifest's own refused_reason column is dropped: only our check decides what is readable.
+    extra = [c for c in raw.column_names if c not in CORE_COLUMNS and c != REFUSED]
+    return pa.table({**cols, **{c: raw.column(c) for c in extra}, REFUSED: refused})
+
+
+def _resolve_and_confine(base: str, uris: pa.ChunkedArray, roots: tuple[str, ...]):
+    """``(absolute image URIs, refusal reasons)`` for a manifest's ``image_uri`` column.
+
+    A '..' segment is refused on the text as written, before resolution could normalise it
+    away; so is an absolute local path in a manifest on object storage. Those rows keep their
+    text as the URI (for the errors table); the rest are resolved, then checked by
+    :func:`refusals`.
+    """
+    early = pc.fill_null(pc.match_substring_regex(uris, r"(^|[/\\])\.\.([/\\]|$)"), False)
+    remote_base = storage.is_remote(base)
+    if remote_base:
+        early = pc.or_(early, pc.fill_null(pc.starts_with(uris, "/"), False))
+    if not pc.any(early).as_py():
+        resolved = _resolve_image_uris(base, uris)
+        return resolved, refusals(resolved, roots)
+    resolved = _resolve_image_uris(base, pc.if_else(early, pa.scalar("x", pa.string()), uris))
+    resolved = pc.if_else(early, uris, resolved)
+    reasons = refusals(resolved, roots).to_pylist()
+    values = uris.to_pylist()
+    for i in pc.indices_nonzero(_combined(early)).to_pylist():
+        u = values[i]
+        reasons[i] = (f"refused: image_uri {u!r} is an absolute local path in a manifest on object storage"
+                      if remote_base and u.startswith("/") and ".." not in u.replace("\\", "/").split("/")
+                      else f"refused: image_uri {u!r} has a '..' segment")
+    return resolved, pa.array(reasons, pa.string())
 
 
 def _read_manifest_file(uri: str) -> pa.Table:

@@ -86,7 +86,9 @@ def test_manifest_sources_resolve_relative_uris_and_keep_metadata(tmp_path, fmt)
     manifest = tmp_path / f"manifest.{fmt}"
     write_manifest_file(manifest, rows, fmt)
     for uri in (str(tmp_path), str(manifest)):  # the directory or the file itself
-        t = list_catalogue(uri)
+        with pytest.raises(CatalogueError, match="s3://elsewhere/x.png' lies outside the catalogue roots"):
+            list_catalogue(uri)  # another bucket is read only when config names it
+        t = list_catalogue(uri, allowed_prefixes=("s3://elsewhere",))
         assert t.schema.metadata[b"vitrine.kind"] == b"manifest"
         assert t.column("item_id").to_pylist() == ["000123", "sku-7", "sku-8"]  # strings, zeros kept
         images = tmp_path / "images"
@@ -185,7 +187,7 @@ def test_folder_and_manifest_sources_on_s3(s3_bucket, tmp_path):
     filled, _ = catalogue.fill_hashes(t, threads=4)
     assert filled.column("content_sha256").to_pylist()[1] == catalogue.content_sha256(files["dress/d-1.png"])
 
-    rows = [{"item_id": "d-1", "image_uri": "shop/../shop/dress/d-1.png", "category": "Dress"},
+    rows = [{"item_id": "d-1", "image_uri": "shop/./dress/d-1.png", "category": "Dress"},
             {"item_id": "b-1", "image_uri": "shop/bag/b-1.png"}]
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buf)
@@ -194,12 +196,20 @@ def test_folder_and_manifest_sources_on_s3(s3_bucket, tmp_path):
     assert t.column("image_uri").to_pylist() == [f"{prefix}/dress/d-1.png", f"{prefix}/bag/b-1.png"]
     assert catalogue.read_many(t.column("image_uri").to_pylist(), threads=2) == [files["dress/d-1.png"],
                                                                                  files["bag/b-1.png"]]
+    # '..' is refused as written (issue 11), even where it would resolve back into the catalogue;
+    # an absolute local path in a manifest on object storage too; each row with its reason.
+    rows[0]["image_uri"] = "shop/../shop/dress/d-1.png"
     rows[1]["image_uri"] = "../../other-bucket/x.png"
+    rows.append({"item_id": "x-1", "image_uri": "/etc/passwd"})
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buf)
     storage.write_bytes(storage.join(s3_bucket, "catalogues", "manifest.parquet"), buf.getvalue())
-    with pytest.raises(CatalogueError, match="leaves the bucket"):
+    with pytest.raises(CatalogueError, match=r"3 item\(s\) may not be read.*'\.\.' segment"):
         list_catalogue(storage.join(s3_bucket, "catalogues"))
+    t = list_catalogue(storage.join(s3_bucket, "catalogues"), keep_refused=True)
+    reasons = t.column(catalogue.REFUSED).to_pylist()
+    assert "'..' segment" in reasons[0] and "'..' segment" in reasons[1]
+    assert "absolute local path in a manifest on object storage" in reasons[2]
 
 
 def test_category_slugs():
@@ -285,3 +295,77 @@ def test_confine_refuses_outside_uris_with_reasons(tmp_path):
     assert confine("s3://imgs/x/b.png", (str(root), "s3://imgs/x")) == "s3://imgs/x/b.png"
     with pytest.raises(CatalogueError):
         confine("s3://imgs/xy/b.png", (str(root), "s3://imgs/x"))
+
+
+def test_hostile_manifest_rows_are_refused_with_reasons_and_the_rest_kept(tmp_path):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.png").write_bytes(png(1))
+    cat = tmp_path / "cat"
+    make_folders(cat / "images")
+    (cat / "images" / "dress" / "link.png").symlink_to(tmp_path / "outside" / "secret.png")
+    (cat / "images" / "evil").symlink_to(tmp_path / "outside")
+    rows = [
+        {"item_id": "good", "image_uri": "images/dress/d-1.png"},
+        {"item_id": "good-abs", "image_uri": str(cat / "images" / "bag" / "b-1.png")},
+        {"item_id": "passwd", "image_uri": "file:///etc/passwd"},
+        {"item_id": "abs", "image_uri": "/etc/passwd"},
+        {"item_id": "bucket", "image_uri": "s3://other-bucket/a.png"},
+        {"item_id": "dotdot", "image_uri": "../outside/secret.png"},
+        {"item_id": "inner-dotdot", "image_uri": "images/../images/dress/d-1.png"},
+        {"item_id": "pct", "image_uri": "images/%2e%2e/%2e%2e/outside/secret.png"},
+        {"item_id": "link", "image_uri": "images/dress/link.png"},
+        {"item_id": "dirlink", "image_uri": "images/evil/secret.png"},
+        {"item_id": "sibling", "image_uri": str(tmp_path / "cat-evil" / "x.png")},
+    ]
+    write_manifest_file(cat / "manifest.jsonl", rows, "jsonl")
+    with pytest.raises(CatalogueError, match=r"9 item\(s\) may not be read"):
+        list_catalogue(str(cat))
+    t = list_catalogue(str(cat), keep_refused=True)
+    reasons = dict(zip(t.column("item_id").to_pylist(), t.column(catalogue.REFUSED).to_pylist()))
+    assert reasons["good"] is None and reasons["good-abs"] is None
+    expected = {"passwd": "file://", "abs": "outside the catalogue roots", "bucket": "outside the catalogue roots",
+                "dotdot": "'..' segment", "inner-dotdot": "'..' segment", "pct": "percent-encoding",
+                "link": "outside the catalogue roots", "dirlink": "outside the catalogue roots",
+                "sibling": "outside the catalogue roots"}
+    for item_id, words in expected.items():
+        assert reasons[item_id].startswith("refused: ") and words in reasons[item_id], (item_id, reasons[item_id])
+    # The refused rows keep the text the manifest gave, so the errors table shows what was asked for.
+    uris = dict(zip(t.column("item_id").to_pylist(), t.column("image_uri").to_pylist()))
+    assert uris["dotdot"] == "../outside/secret.png" and uris["passwd"] == "file:///etc/passwd"
+    # A prefix named in config admits that prefix, and nothing next to it.
+    t = list_catalogue(str(cat), allowed_prefixes=(str(tmp_path / "outside"),), keep_refused=True)
+    reasons = dict(zip(t.column("item_id").to_pylist(), t.column(catalogue.REFUSED).to_pylist()))
+    assert reasons["link"] is None and reasons["dirlink"] is None and reasons["sibling"] is not None
+    assert reasons["dotdot"] is not None  # '..' stays refused whatever it would resolve to
+    with pytest.raises(CatalogueError, match="without '..'"):
+        catalogue.catalogue_roots(str(cat), ("file:///etc",))
+
+
+def test_a_folder_catalogue_refuses_a_symlink_out_of_its_root(tmp_path):
+    make_folders(tmp_path / "cat")
+    (tmp_path / "secret.png").write_bytes(png(3))
+    (tmp_path / "cat" / "bag" / "b-9.png").symlink_to(tmp_path / "secret.png")
+    t = list_catalogue(str(tmp_path / "cat"), keep_refused=True)
+    reasons = dict(zip(t.column("item_id").to_pylist(), t.column(catalogue.REFUSED).to_pylist()))
+    assert reasons == {"b-1": None, "b-9": reasons["b-9"], "d-1": None, "d-2": None}
+    assert "outside the catalogue roots" in reasons["b-9"]
+
+
+def test_bulk_refusals_decide_as_confine_does(tmp_path):
+    root = tmp_path / "cat"
+    (root / "a").mkdir(parents=True)
+    (tmp_path / "x.png").write_bytes(b"x")
+    (root / "a" / "l.png").symlink_to(tmp_path / "x.png")
+    roots = (str(root), "s3://imgs/x")
+    uris = [f"{root}/a/b.png", f"{root}/a/l.png", f"{root}/./a/b.png", f"{root}//a/b.png", f"{root}/a/../b.png",
+            f"FILE://{root}/a.png", "s3://imgs/x/b.png", "s3://imgs/xy/b.png", "s3://imgs//x/b.png", "S3://imgs/x/b.png",
+            "s3://imgs/x/%2e%2e/y.png", "rel.png", "/", str(root), f"{tmp_path}/cat-2/a.png", "s3a://imgs/x/b.png"]
+    got = catalogue.refusals(pa.chunked_array([uris]), roots).to_pylist()
+    for uri, reason in zip(uris, got):
+        try:
+            catalogue.confine(uri, roots)
+            accepted = True
+        except CatalogueError:
+            accepted = False
+        assert accepted == (reason is None), (uri, reason)
+    assert got[0] is None and got[6] is None and got[1] and got[8]  # '//' is not normalised into the root
