@@ -16,6 +16,16 @@ point ``LATEST`` at an artifact created before the one it names, so a slow run t
 first cannot roll back a newer one; equal times are allowed (ids have one-second resolution).
 ``force=True`` skips that check for a deliberate rollback.
 
+History. Each pointer carries the ones before it (``previous``: id, created_at, published_at,
+newest first, the last :data:`HISTORY_LENGTH`), and :func:`rollback` moves ``LATEST`` back to
+the first of them. The history lives inside the pointer rather than in a separate
+``HISTORY.jsonl`` because then it is written in the same atomic write, under the same lock and
+generation check, as the pointer it describes: the two can never disagree, S3 needs no append
+(which it lacks), and listings of a kind still show artifacts only. Deriving "the previous
+model" from the listed directories ordered by creation time would be wrong: exported models
+that failed the gate or came from smoke runs were never published. Pointers written before the
+history was kept have none; rollback then refuses and says to publish an id with ``force``.
+
 Concurrency. The check and the write are a read-compare-write with a generation check: the
 pointer is read, compared, re-read just before writing and the write is abandoned if it changed.
 Locally the whole sequence also holds an exclusive ``flock`` (a lock file in the temp directory
@@ -40,6 +50,9 @@ LATEST = "LATEST"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # The timestamp new_id writes into every id: the writer's own record of when it made the artifact.
 _ID_TIME = re.compile(r"-(\d{8}T\d{6})-[0-9a-f]{4}$")
+# Earlier pointers kept inside LATEST itself, for rollback; bounded so the pointer stays small.
+HISTORY_LENGTH = 50
+_ANY = object()  # publish(expect_latest=...) not given
 
 
 class NotPublishedError(storage.StorageError):
@@ -116,18 +129,33 @@ def _local_lock(kind_uri: str):
 
 
 def publish(kind_uri: str, artifact_id: str, *, manifest_name: str, created_at: float | None = None,
-            force: bool = False) -> str:
+            force: bool = False, expect_latest: str | None | object = _ANY) -> str:
     """Point ``LATEST`` at ``artifact_id`` after checking its manifest is in place; returns its URI.
 
     Raises :class:`StaleArtifactError` when ``LATEST`` names an artifact created after this one
-    (see the module docstring for how creation times are found), unless ``force`` is set.
+    (see the module docstring for how creation times are found), unless ``force`` is set; and,
+    when ``expect_latest`` is given (an id, or None for "nothing published"), when ``LATEST``
+    no longer names it: a caller that judged the artifact against the current one (the model
+    gate) must not publish over a different one that arrived meanwhile. ``force`` does not lift
+    that check.
     """
     uri = artifact_uri(kind_uri, artifact_id)
     if not storage.exists(storage.join(uri, manifest_name)):
         raise storage.StorageError(f"refusing to publish {uri}: its {manifest_name} is missing (incomplete write?)")
     created = float(created_at) if created_at is not None else _created_at(kind_uri, artifact_id, manifest_name)
+    return _move(kind_uri, artifact_id, manifest_name=manifest_name, created=created, force=force,
+                 expect_latest=expect_latest)
+
+
+def _move(kind_uri: str, artifact_id: str, *, manifest_name: str, created: float, force: bool,
+          expect_latest: str | None | object = _ANY, rollback: bool = False) -> str:
+    uri = artifact_uri(kind_uri, artifact_id)
     with _local_lock(kind_uri):
         current = _read_pointer(kind_uri)
+        cur_name = current.get("id") if current else None
+        if expect_latest is not _ANY and cur_name != expect_latest:
+            raise StaleArtifactError(f"not publishing {artifact_id} under {kind_uri}: {LATEST} names {cur_name}, "
+                                     f"not {expect_latest} as when it was checked; re-run to check against it")
         if current is not None and not force and current.get("id") != artifact_id:
             cur_id = check_id(current["id"])
             cur_created = current.get("created_at")
@@ -145,10 +173,51 @@ def publish(kind_uri: str, artifact_id: str, *, manifest_name: str, created_at: 
         if _read_pointer(kind_uri) != current:
             raise StaleArtifactError(f"not publishing {artifact_id} under {kind_uri}: {LATEST} changed while "
                                      f"publishing; re-run to compare against the new one")
+        history = _history(current)
+        if rollback:
+            history = history[1:]
+        elif current is not None and cur_name != artifact_id:
+            history = [{k: current[k] for k in ("id", "created_at", "published_at") if k in current}, *history]
         storage.write_text(storage.join(kind_uri, LATEST),
                            json.dumps({"id": artifact_id, "published_at": time.time(), "created_at": created,
-                                       **({"forced": True} if force else {})}) + "\n")
+                                       **({"forced": True} if force else {}),
+                                       **({"rolled_back_from": cur_name} if rollback else {}),
+                                       "previous": history[:HISTORY_LENGTH]}) + "\n")
     return uri
+
+
+def _history(pointer: dict | None) -> list[dict]:
+    return [p for p in (pointer or {}).get("previous") or [] if isinstance(p, dict) and p.get("id")]
+
+
+def history(kind_uri: str) -> list[dict]:
+    """What ``LATEST`` named before, newest first: ``[{"id", "created_at", "published_at"}, ...]``."""
+    return _history(_read_pointer(kind_uri))
+
+
+def rollback(kind_uri: str, *, manifest_name: str) -> tuple[str, str]:
+    """Point ``LATEST`` back at the artifact it named before the current one; ``(from_id, to_id)``.
+
+    The target comes from the history kept in the pointer (see the module docstring) and is
+    dropped from it, so a second rollback goes one further back. A forced move (it skips the
+    forward-only check by design) that still holds the lock and the generation check.
+    """
+    current = _read_pointer(kind_uri)
+    if current is None:
+        raise NotPublishedError(f"nothing published under {kind_uri} (no {LATEST} pointer): nothing to roll back")
+    previous = _history(current)
+    if not previous:
+        raise NotPublishedError(f"{LATEST} under {kind_uri} ({current.get('id')}) records no earlier artifact to "
+                                f"roll back to (pointers written before history was kept have none); publish one "
+                                f"by id with force=True instead")
+    target = check_id(previous[0]["id"])
+    if not storage.exists(storage.join(artifact_uri(kind_uri, target), manifest_name)):
+        raise storage.StorageError(f"cannot roll back to {target}: its {manifest_name} is gone")
+    created = previous[0].get("created_at")
+    created = float(created) if created is not None else _created_at(kind_uri, target, manifest_name)
+    _move(kind_uri, target, manifest_name=manifest_name, created=created, force=True,
+          expect_latest=current.get("id"), rollback=True)
+    return current["id"], target
 
 
 def _iso(ts: float) -> str:

@@ -1,6 +1,7 @@
 """The ``vitrine`` command: one sub-command per job.
 
     vitrine models [--json]
+    vitrine models list-artifacts | promote ID [--force] | rollback
     vitrine tune --grid FILE [--smoke-test] [--storage URI] [--address RAY_ADDRESS] [--resume]
     vitrine evaluate --model DIR_OR_URI [--json]
     vitrine export-catalogue | embed | build-index | evaluate-search | nightly ...
@@ -20,7 +21,7 @@ import sys
 
 # sub-command -> (module, one-line help); modules load only when their command runs.
 COMMANDS = {
-    "models": ("jobs.list_models", "list the registered model architectures"),
+    "models": ("jobs.list_models", "list the model architectures; list-artifacts, promote, rollback models/LATEST"),
     "tune": ("jobs.tune_grid", "run a Ray Tune grid, report and export the best model"),
     "evaluate": ("jobs.evaluate_model", "reload a model artifact and reproduce its test metrics"),
     "export-catalogue": ("jobs.export_catalogue", "write Fashion-MNIST as an image catalogue (PNG + manifest)"),

@@ -1,7 +1,8 @@
-"""List the registered model architectures.
+"""List the registered model architectures; sub-commands manage the exported models.
 
     vitrine models            # a table
     vitrine models --json     # [{"name", "params", "input_shape", "embedding_dim", ...}]
+    vitrine models list-artifacts | promote ID [--force] | rollback   # see jobs/models_admin.py
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ def run() -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from .models_admin import SUBCOMMANDS
+
+    if argv and argv[0] in SUBCOMMANDS:
+        from . import models_admin
+
+        return models_admin.main(argv)
     args = build_parser().parse_args(argv)
     rows = run()
     if args.json:

@@ -7,7 +7,10 @@
     ray job submit --working-dir . -- python -m jobs.tune_grid --grid tune/grids/thesis.yaml
 
 Flags override the YAML; ``--set key=value`` overrides anything (``--set train.epochs=3``,
-``--set resources.gpu=0.5``).
+``--set resources.gpu=0.5``). The exported model becomes ``models/LATEST`` only if it passes the
+quality gate (``--set gate.min_accuracy=0.9``, ``--set gate.tolerance=0.01``; see
+``artifacts/model_gate.py``); otherwise it stays exported and ``vitrine models promote ID`` can
+publish it later.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(config)
     if args.json:
         print(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, "published": result.published,
+                          "publish_reason": result.publish_reason,
                           "report_uri": result.report_uri,
                           "best": result.best, "wall_time_s": result.wall_time_s,
                           "sum_trial_seconds": result.sum_trial_seconds,
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"val {b['val_accuracy']:.4f} test {b['test_accuracy']:.4f}")
         print(f"report: {result.report_uri}/report.md")
         if result.model_uri:
-            print(f"model: {result.model_uri}" + ("" if result.published else " (not published: models/LATEST unchanged)"))
+            print(f"model: {result.model_uri}" + ("" if result.published else " (models/LATEST unchanged)"))
+            print(f"  {result.publish_reason}")
     return 0 if result.best else 1
 
 

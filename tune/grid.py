@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from artifacts import model_artifact, publish, storage
+from artifacts import model_artifact, model_gate, publish, storage
 from artifacts.configuration import load_config, to_dict
 from artifacts.model_card import CARD_FILE, ModelCard
 
@@ -58,6 +58,9 @@ class GridConfig:
     # Test accuracy of every trial's best checkpoint in the leaderboard (seconds per trial);
     # model selection still uses validation accuracy only.
     evaluate_all: bool = True
+    # What the exported model must reach to become models/LATEST (artifacts/model_gate.py);
+    # `--set gate.min_accuracy=0.9`, or a `gate:` mapping in the grid YAML.
+    gate: model_gate.GateConfig = field(default_factory=model_gate.GateConfig)
 
 
 @dataclass
@@ -72,6 +75,7 @@ class GridResult:
     wall_time_s: float
     sum_trial_seconds: float
     published: bool = False  # whether model_uri became models/LATEST (never for smoke runs)
+    publish_reason: str = ""  # why it was or was not published (smoke run, the gate's verdict, a newer LATEST)
 
 
 def smoke(config: GridConfig) -> GridConfig:
@@ -220,15 +224,15 @@ def run(config: GridConfig) -> GridResult:
     tested = _add_test_accuracy(config, results, leaderboard) if config.evaluate_all else {}
 
     best = test_metrics = model_uri = None
-    published = False
+    published, publish_reason = False, ""
     notes = (f"Grid wall time {wall:.0f} s; sum of trial times {sum_trial:.0f} s; "
              f"ratio {wall / sum_trial:.2f}.\n" if sum_trial else "")
     if resumed:
         notes += "\nResumed run: the wall time covers this invocation only, trial times the whole run.\n"
     if best_result is not None:
         best_id = (best_result.metrics or {}).get("trial_id") or Path(best_result.path).name
-        best, test_metrics, model_uri, published = _evaluate_and_export(config, best_result, root, run_id,
-                                                                        tested.get(best_id))
+        best, test_metrics, model_uri, published, publish_reason = _evaluate_and_export(
+            config, best_result, root, run_id, tested.get(best_id))
     with tempfile.TemporaryDirectory(prefix="vitrine-report-") as tmp:
         from .report import write_report
 
@@ -240,7 +244,8 @@ def run(config: GridConfig) -> GridResult:
         storage.upload_dir(tmp, report_uri)
     result = GridResult(run_id=run_id, run_uri=run_uri, leaderboard=leaderboard, best=best,
                         test_metrics=test_metrics, model_uri=model_uri, report_uri=report_uri,
-                        wall_time_s=wall, sum_trial_seconds=sum_trial, published=published)
+                        wall_time_s=wall, sum_trial_seconds=sum_trial, published=published,
+                        publish_reason=publish_reason)
     storage.write_text(storage.join(run_uri, SUMMARY), json.dumps(
         {**dataclasses.asdict(result), "resumed": resumed, "config": to_dict(config)}, indent=2, default=str))
     return result
@@ -276,7 +281,7 @@ def _add_test_accuracy(config: GridConfig, results, leaderboard: list[dict]) -> 
 
 
 def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
-                         test_metrics: dict | None = None) -> tuple[dict, dict, str | None, bool]:
+                         test_metrics: dict | None = None) -> tuple[dict, dict, str | None, bool, str]:
     import keras
 
     from .evaluation import evaluate
@@ -298,7 +303,7 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
     log.info("best trial %s (%s/%s/%g): val %.4f, test %.4f", best["trial_id"], best["architecture"],
              best["optimizer"], best["learning_rate"], best["val_accuracy"], test_metrics["accuracy"])
     if not config.export:
-        return best, test_metrics, None, False
+        return best, test_metrics, None, False, "export: false"
     from .models import EMBEDDING_LAYER
 
     model_id = publish.new_id(spec_trial["architecture"].replace("_", "-"))
@@ -314,19 +319,14 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         framework={"keras": keras.__version__})
     models = model_artifact.models_root(root)
-    # A smoke run's model is a pipeline check on a few hundred images: it must never be served.
     uri = model_artifact.save(model, card, models, make_latest=False)
-    published = False
     if config.smoke_test:
-        log.info("exported %s; not publishing it as models/LATEST: smoke-test run", uri)
+        # A smoke run's model is a pipeline check on a few hundred images: it must never be served.
+        published, reason = False, "not published: smoke-test run"
     else:
-        try:
-            publish.publish(models, model_id, manifest_name=CARD_FILE)
-            published = True
-            log.info("exported %s and published it as models/LATEST", uri)
-        except publish.StaleArtifactError as exc:
-            log.warning("exported %s; %s", uri, exc)
-    return best, test_metrics, uri, published
+        published, reason = model_gate.publish_if_passing(models, model_id, config.gate)
+    log.log(logging.INFO if published else logging.WARNING, "exported %s; %s", uri, reason)
+    return best, test_metrics, uri, published, reason
 
 
 def load_grid_config(path: str | None, overrides=(), **flags) -> GridConfig:
