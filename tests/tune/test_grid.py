@@ -55,7 +55,7 @@ def test_smoke_grid_on_object_storage_exports_a_model_that_evaluate_reloads(s3_b
 
     models = model_artifact.models_root(root)
     # A smoke run exports its model but never moves models/LATEST (issue 11, item 5).
-    assert not result.published
+    assert not result.published and "smoke-test" in result.publish_reason
     with pytest.raises(publish.NotPublishedError):
         publish.latest_id(models)
     models = result.model_uri
@@ -70,6 +70,30 @@ def test_smoke_grid_on_object_storage_exports_a_model_that_evaluate_reloads(s3_b
     evaluated = evaluate_model.run(models, data)
     assert evaluated["reproduced"] is True
     assert evaluated["metrics"]["confusion_matrix"] == result.test_metrics["confusion_matrix"]
+
+
+def test_a_grid_model_below_the_gate_is_exported_but_not_published(ray_local, tiny_fashion_mnist, tmp_path, capsys):
+    """A full (non-smoke) grid whose model misses the floor: exported, listed, LATEST untouched."""
+    from artifacts import model_gate
+    from jobs import cli
+
+    cfg = load_grid_config(None, ["train.epochs=1", "train.max_per_class=20", "evaluate_all=false",
+                                  "gate.min_accuracy=1.01", "num_cpus=1"], storage=str(tmp_path),
+                           data=str(tiny_fashion_mnist), architectures=["cnn_dropout_1"], optimizers=["adam"])
+    result = run(cfg)
+    models = model_artifact.models_root(str(tmp_path))
+    model_id = model_artifact.read_card(result.model_uri).model_id
+    assert not result.published and "gate: test accuracy" in result.publish_reason
+    assert "below the floor 1.0100" in result.publish_reason
+    with pytest.raises(publish.NotPublishedError):
+        publish.latest_id(models)
+    summary = json.loads(storage.read_text(storage.join(result.run_uri, "grid_summary.json")))
+    assert summary["publish_reason"] == result.publish_reason
+    # The card carries the accuracy the gate read; under a floor it passes, promote publishes it.
+    decision = model_gate.check(models, model_id, model_gate.GateConfig(min_accuracy=0.0))
+    assert decision.passed and decision.accuracy == pytest.approx(result.test_metrics["accuracy"])
+    assert cli.main(["models", "promote", model_id, "--storage", str(tmp_path), "--set", "gate.min_accuracy=0"]) == 0
+    assert publish.latest_id(models) == model_id
 
 
 def test_vitrine_models_json_lists_every_model():
