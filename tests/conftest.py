@@ -14,6 +14,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+def _hypothesis_profiles() -> None:
+    """Fuzzing budgets (tests/serve/test_fuzz_uploads.py, tests/artifacts/test_fuzz_preprocess.py),
+    chosen by HYPOTHESIS_PROFILE: ``ci`` (default) is bounded and derandomized, so a CI failure
+    reproduces on any machine; ``long`` explores (docs/RELIABILITY.md, "Fuzzing")."""
+    from hypothesis import HealthCheck, settings
+
+    quiet = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True,
+                              suppress_health_check=quiet, print_blob=True)
+    settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=quiet,
+                              print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+_hypothesis_profiles()
+
+
 @contextlib.contextmanager
 def environ(**values: str | None):
     """Set (a string) or unset (None) environment variables; put back what was there after."""
