@@ -30,9 +30,16 @@ Concurrency. The check and the write are a read-compare-write with a generation 
 pointer is read, compared, re-read just before writing and the write is abandoned if it changed.
 Locally the whole sequence also holds an exclusive ``flock`` (a lock file in the temp directory
 keyed by the kind's real path, so one host's publishers are serialised), and the
-pointer is written through a temporary file and a rename (:func:`storage.write_text`). On S3 the pointer is one PUT and pyarrow offers no
-conditional write, so two publishers racing inside the same few milliseconds can still both pass
-the check and the later PUT wins (the remaining race: narrow, and never a half-written pointer).
+pointer is written through a temporary file and a rename (:func:`storage.write_bytes_if`). On S3
+there is no lock; instead the pointer is read together with its ETag (one boto3 GET) and written
+with a conditional PUT (``If-Match: <etag>``, or ``If-None-Match: *`` for the first pointer), so
+of two publishers racing from the same pointer exactly one wins and the other gets
+:class:`StaleArtifactError`. Verified against the moto S3 server the tests use (moto 5.2.5,
+botocore 1.44): it answers a stale ``If-Match`` and an ``If-None-Match: *`` on an existing key
+with 412 PreconditionFailed (``tests/artifacts/test_model_gate.py``). AWS S3 has honoured both
+since 2024; a store that answers 501 NotImplemented gets a plain PUT (the old, narrow race: two
+publishers within milliseconds, the later PUT wins, never a half-written pointer). A store that
+silently ignores the headers cannot be told apart from here.
 """
 
 from __future__ import annotations
@@ -102,10 +109,13 @@ def _created_at(kind_uri: str, artifact_id: str, manifest_name: str) -> float:
 
 
 def _read_pointer(kind_uri: str) -> dict | None:
-    pointer = storage.join(kind_uri, LATEST)
-    if not storage.exists(pointer):
-        return None
-    return json.loads(storage.read_text(pointer))
+    return _read_pointer_tagged(kind_uri)[0]
+
+
+def _read_pointer_tagged(kind_uri: str) -> tuple[dict | None, str | None]:
+    """The pointer and the tag a conditional write of it must match (S3's ETag; None locally)."""
+    data, tag = storage.read_tagged(storage.join(kind_uri, LATEST))
+    return (json.loads(data) if data is not None else None), tag
 
 
 @contextlib.contextmanager
@@ -151,7 +161,7 @@ def _move(kind_uri: str, artifact_id: str, *, manifest_name: str, created: float
           expect_latest: str | None | object = _ANY, rollback: bool = False) -> str:
     uri = artifact_uri(kind_uri, artifact_id)
     with _local_lock(kind_uri):
-        current = _read_pointer(kind_uri)
+        current, tag = _read_pointer_tagged(kind_uri)
         cur_name = current.get("id") if current else None
         if expect_latest is not _ANY and cur_name != expect_latest:
             raise StaleArtifactError(f"not publishing {artifact_id} under {kind_uri}: {LATEST} names {cur_name}, "
@@ -178,11 +188,17 @@ def _move(kind_uri: str, artifact_id: str, *, manifest_name: str, created: float
             history = history[1:]
         elif current is not None and cur_name != artifact_id:
             history = [{k: current[k] for k in ("id", "created_at", "published_at") if k in current}, *history]
-        storage.write_text(storage.join(kind_uri, LATEST),
-                           json.dumps({"id": artifact_id, "published_at": time.time(), "created_at": created,
-                                       **({"forced": True} if force else {}),
-                                       **({"rolled_back_from": cur_name} if rollback else {}),
-                                       "previous": history[:HISTORY_LENGTH]}) + "\n")
+        pointer = json.dumps({"id": artifact_id, "published_at": time.time(), "created_at": created,
+                              **({"forced": True} if force else {}),
+                              **({"rolled_back_from": cur_name} if rollback else {}),
+                              "previous": history[:HISTORY_LENGTH]}) + "\n"
+        try:
+            # On S3 a compare-and-swap against the pointer read above: closes the race between
+            # the generation check and the PUT. Locally the lock already excludes it.
+            storage.write_bytes_if(storage.join(kind_uri, LATEST), pointer.encode("utf-8"), tag=tag)
+        except storage.PreconditionFailed as exc:
+            raise StaleArtifactError(f"not publishing {artifact_id} under {kind_uri}: {LATEST} changed while "
+                                     f"publishing ({exc}); re-run to compare against the new one") from exc
     return uri
 
 

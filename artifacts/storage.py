@@ -126,6 +126,79 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
+class PreconditionFailed(StorageError):
+    """A conditional write lost: the object changed (or appeared) after it was read."""
+
+
+def _s3_client():
+    import boto3
+    from botocore.config import Config
+
+    endpoint = s3_endpoint()
+    # Path-style for custom endpoints, as s3_filesystem does: self-hosted stores rarely do virtual hosts.
+    return boto3.client("s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+                        config=Config(s3={"addressing_style": "path"} if endpoint else {}))
+
+
+def _bucket_key(uri: str) -> tuple[str, str]:
+    parsed = urlparse(str(uri))
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def read_tagged(uri: str) -> tuple[bytes | None, str | None]:
+    """An object's bytes and the tag to write against with :func:`write_bytes_if`.
+
+    ``(None, None)`` when it does not exist. On S3 the tag is the ETag from the same GET as the
+    bytes, so the pair is consistent; locally it is None (local writers serialise with a lock).
+    """
+    if not is_remote(uri):
+        return (read_bytes(uri) if exists(uri) else None), None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = _bucket_key(uri)
+    try:
+        obj = _s3_client().get_object(Bucket=bucket, Key=key)
+        return obj["Body"].read(), obj["ETag"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None, None
+        raise StorageError(f"cannot read {uri}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from exc
+
+
+def write_bytes_if(uri: str, data: bytes, *, tag: str | None) -> None:
+    """Write an object only if it is still what :func:`read_tagged` saw (compare-and-swap).
+
+    On S3: a PUT with ``If-Match: tag``, or ``If-None-Match: *`` when ``tag`` is None (it did not
+    exist); a lost race raises :class:`PreconditionFailed`. A store that answers
+    ``NotImplemented`` to conditional PUTs gets a plain PUT (the race stays open there, nothing
+    else changes). Locally a plain atomic write: callers hold a lock.
+    """
+    if not is_remote(uri):
+        write_bytes(uri, data)
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = _bucket_key(uri)
+    condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
+    client = _s3_client()
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        # 409 ConditionalRequestConflict: another conditional write to the key was in flight.
+        # NoSuchKey under If-Match: the object was deleted since it was read.
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or (tag is not None and code == "NoSuchKey"):
+            raise PreconditionFailed(f"{uri} changed since it was read ({code})") from exc
+        if code in ("NotImplemented", "501"):
+            write_bytes(uri, data)
+            return
+        raise StorageError(f"cannot write {uri}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot write {uri}: {exc}") from exc
+
+
 def list_dir(uri: str) -> list[str]:
     """Names (not paths) directly under a directory URI; empty when it does not exist."""
     fs, path = resolve(uri)

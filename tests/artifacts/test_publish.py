@@ -95,3 +95,53 @@ def test_older_artifact_refused_on_s3(s3_bucket):
     with pytest.raises(publish.StaleArtifactError):
         publish.publish(kind, old, manifest_name=MANIFEST)
     assert publish.latest_id(kind) == new
+
+
+def test_s3_pointer_writes_are_compare_and_swap(s3_bucket):
+    """The conditional PUT publish relies on, against the real S3-protocol server."""
+    import threading
+
+    pointer = storage.join(s3_bucket, "models", publish.LATEST)
+    assert storage.read_tagged(pointer) == (None, None)
+    storage.write_bytes_if(pointer, b"first", tag=None)  # If-None-Match: * on a new key
+    with pytest.raises(storage.PreconditionFailed):
+        storage.write_bytes_if(pointer, b"again", tag=None)  # ... refused once it exists
+    data, tag = storage.read_tagged(pointer)
+    assert data == b"first" and tag
+    storage.write_text(pointer, "someone else")  # another writer, unconditional
+    with pytest.raises(storage.PreconditionFailed):
+        storage.write_bytes_if(pointer, b"stale", tag=tag)
+    assert storage.read_text(pointer) == "someone else"
+
+    # Eight publishers that all read the same pointer: exactly one write lands.
+    _, tag = storage.read_tagged(pointer)
+    barrier, outcomes = threading.Barrier(8), []
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        try:
+            storage.write_bytes_if(pointer, f"writer {i}".encode(), tag=tag)
+            outcomes.append(("won", i))
+        except storage.PreconditionFailed:
+            outcomes.append(("lost", i))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for outcome, i in outcomes if outcome == "won"]
+    assert len(outcomes) == 8 and len(winners) == 1
+    assert storage.read_text(pointer) == f"writer {winners[0]}"
+
+
+def test_s3_publish_history_and_rollback_survive_the_conditional_write(s3_bucket):
+    kind = f"{s3_bucket}/models"
+    ids = [make(kind, f"cnn-20261201T1{i}0000-aaaa") for i in range(3)]
+    for i in ids:
+        publish.publish(kind, i, manifest_name=MANIFEST)
+    assert [p["id"] for p in publish.history(kind)] == [ids[1], ids[0]]
+    assert publish.rollback(kind, manifest_name=MANIFEST) == (ids[2], ids[1])
+    with pytest.raises(publish.StaleArtifactError, match="force=True"):
+        publish.publish(kind, ids[0], manifest_name=MANIFEST)
+    assert publish.latest_id(kind) == ids[1]
