@@ -36,7 +36,8 @@ with a conditional PUT (``If-Match: <etag>``, or ``If-None-Match: *`` for the fi
 of two publishers racing from the same pointer exactly one wins and the other gets
 :class:`StaleArtifactError`. Verified against the moto S3 server the tests use (moto 5.2.5,
 botocore 1.44): it answers a stale ``If-Match`` and an ``If-None-Match: *`` on an existing key
-with 412 PreconditionFailed (``tests/artifacts/test_model_gate.py``). AWS S3 has honoured both
+with 412 PreconditionFailed, and of eight writers racing from one ETag exactly one lands
+(``tests/artifacts/test_publish.py``). AWS S3 has honoured both
 since 2024; a store that answers 501 NotImplemented gets a plain PUT (the old, narrow race: two
 publishers within milliseconds, the later PUT wins, never a half-written pointer). A store that
 silently ignores the headers cannot be told apart from here.
