@@ -21,7 +21,7 @@ from pathlib import Path
 
 from artifacts import model_artifact, model_gate, publish, storage
 from artifacts.configuration import load_config, to_dict
-from artifacts.model_card import CARD_FILE, ModelCard
+from artifacts.model_card import ModelCard
 
 from .training import BEST, OPTIMIZERS, TrainConfig
 
