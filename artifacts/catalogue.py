@@ -193,6 +193,23 @@ def _local_ok(uris: pa.Array, local: pa.Array, bases: list[str]) -> pa.Array:
     return ok
 
 
+# What the item-image route serves, by the format Pillow finds in the bytes (never by file name:
+# a '.png' that holds HTML must not reach a browser as anything it would render).
+SERVED_IMAGE_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+
+
+def image_media_type(head: bytes) -> str | None:
+    """The MIME type of the image whose first bytes are ``head`` (JPEG, PNG, WebP or GIF), from
+    its decoded header only (``Image.open`` reads no pixels), or None for anything else."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(head)) as img:
+            return SERVED_IMAGE_TYPES.get(img.format or "")
+    except Exception:  # not an image, a truncated header, a decompression bomb: not served
+        return None
+
+
 def content_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -117,6 +117,9 @@ class IndexManifest:
     created_at: str = ""
     files: dict = field(default_factory=dict)  # index, items, vectors, categories: {name: file}
     config: dict = field(default_factory=dict)  # the resolved build config
+    # Where the items' images may be read (artifacts.catalogue.catalogue_roots of the embedded
+    # catalogue); the item-image route opens nothing outside them. Empty (older indexes): nothing.
+    catalogue_roots: list = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -508,7 +511,8 @@ class HnswIndex:
 
     # ---------------------------------------------------------------- save / load
     def save(self, uri: str, *, index_id: str = "", model_id: str = "", source_embeddings: str = "",
-             embeddings_run_id: str = "", recall: dict | None = None, config: dict | None = None) -> IndexManifest:
+             embeddings_run_id: str = "", recall: dict | None = None, config: dict | None = None,
+             catalogue_roots=()) -> IndexManifest:
         """Write the index to a directory (local or ``s3://``), the manifest last.
 
         Remote targets are written to a local temporary directory, uploaded, and only then get
@@ -527,7 +531,8 @@ class HnswIndex:
             embeddings_run_id=embeddings_run_id, embedding_dim=self.dim, counts=counts,
             params={k: v for k, v in self.params.items() if k != "build_seconds"},
             recall_at_10=recall.get("recall_at_10"), recall=recall, build_seconds=round(self.build_seconds, 3),
-            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), files=files, config=dict(config or {}))
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), files=files, config=dict(config or {}),
+            catalogue_roots=list(catalogue_roots))
         with tempfile.TemporaryDirectory(prefix="vitrine-index-") as tmp:
             local = Path(tmp) if storage.is_remote(uri) else Path(storage.resolve(uri)[1])
             local.mkdir(parents=True, exist_ok=True)

@@ -125,6 +125,18 @@ def read_embeddings(run_uri: str, max_items: int = 0) -> tuple[list[str], list[s
     return table.column("item_id").to_pylist(), table.column("category").to_pylist(), vectors, manifest
 
 
+def catalogue_roots_of(run_manifest) -> tuple[str, ...]:
+    """The catalogue roots of an embeddings run: its catalogue's own root plus the
+    ``allowed_image_prefixes`` it ran with (:func:`artifacts.catalogue.catalogue_roots`)."""
+    from artifacts.catalogue import catalogue_roots
+
+    recorded = (run_manifest.config or {}).get("catalogue_roots")
+    if recorded:  # absolute, as the job saw them (older runs: derived below)
+        return tuple(recorded)
+    prefixes = (run_manifest.config or {}).get("allowed_image_prefixes") or ()
+    return catalogue_roots(run_manifest.catalogue, prefixes) if run_manifest.catalogue else tuple(prefixes)
+
+
 def run(config: BuildIndexConfig) -> BuildIndexResult:
     """Read the embeddings, build, measure recall, write ``indexes/<id>/`` and publish it."""
     from artifacts import publish, storage
@@ -150,6 +162,8 @@ def run(config: BuildIndexConfig) -> BuildIndexResult:
                               f"(raise ef or M, or lower min_recall)")
 
     model_id = run_manifest.model_id
+    # Recorded for the item-image route: the roots the embedding job confined this catalogue to.
+    roots = catalogue_roots_of(run_manifest)
     root = storage_root(config)
     indexes = storage.join(root, "indexes")
     index_id = publish.new_id(f"hnsw-{model_id}"[:100])
@@ -159,7 +173,7 @@ def run(config: BuildIndexConfig) -> BuildIndexResult:
                recall={"recall_at_10": round(recall, 5), "filtered_recall_at_10": round(filtered, 5), "k": 10,
                        "queries": min(config.recall_queries, len(ids)), "seed": config.seed,
                        "queries_from": "catalogue vectors", "ties": "a hit at the exact k-th similarity counts"},
-               config=to_dict(config))
+               config=to_dict(config), catalogue_roots=roots)
     published = False
     if config.publish:
         try:

@@ -26,7 +26,15 @@ tasks → the model in an actor pool), or, when only a few are left
 (``local_max_items``), through the running search service when it serves the same model
 (``service_url``, :mod:`jobs.embed_service`), else through the same code in this process,
 without starting actors.
-Items the previous run rejected are tried again. The manifest and the result count ``total``,
+Items the previous run rejected are tried again. An item is carried over only when its
+``image_uri`` is also the one the previous run read; one whose URI moved is read, verified
+against its hash and embedded again (a hash is a claim of the manifest, not a proof: carrying it
+to a new URI unread would let a manifest point a served item at any file).
+Every ``image_uri`` must lie under the catalogue's own root (the manifest's directory, or the
+image folders) or under one of ``allowed_image_prefixes``; the others (``file://``, another
+bucket, ``..``, a symlink out of the root) are never read and become rows of ``errors/``
+with the reason, carried items included.
+The manifest and the result count ``total``,
 ``new``, ``changed``, ``unchanged`` (carried over), ``retried``, ``removed``, ``failed`` and
 ``embedded``. A bad image is a row in ``errors/`` with its reason; only when more than
 ``max_failure_share`` of the catalogue fails does the job fail, publishing nothing.
@@ -100,7 +108,13 @@ class EmbedConfig:
     service_timeout_s: float = 60.0
     max_failure_share: float = 0.05  # of the catalogue's items; above it the run fails unpublished
     rows_per_file: int = 250_000
-    forward_storage_env: bool = True  # pass this process's AWS_* settings to the Ray workers
+    # Pass this process's storage settings (endpoint, region, profile) to the Ray workers; never
+    # key values (artifacts.secrets): runtime_envs show in the dashboard and job metadata, and
+    # nodes get credentials from their role or their own environment.
+    forward_storage_env: bool = True
+    # Prefixes (s3://bucket/images, /mnt/photos) whose images a catalogue may name besides its own
+    # root; anything else is refused into errors/. Empty: the catalogue's own root only.
+    allowed_image_prefixes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -177,10 +191,16 @@ def run(config: EmbedConfig) -> EmbedResult:
         log.warning("removing %s: an earlier attempt of run %s did not finish (no manifest)", run_uri, run_id)
         storage.delete_dir(run_uri)
 
-    items = catalogue.list_catalogue(config.catalogue).select(list(_ITEM_COLUMNS))
+    listed = catalogue.list_catalogue(config.catalogue, allowed_prefixes=config.allowed_image_prefixes,
+                                      keep_refused=True).select([*_ITEM_COLUMNS, catalogue.REFUSED])
     if config.limit > 0:
-        items = items.slice(0, config.limit)
-    total = items.num_rows
+        listed = listed.slice(0, config.limit)
+    total = listed.num_rows
+    items, refused = _split_refused(listed)
+    roots = catalogue.catalogue_roots(config.catalogue, config.allowed_image_prefixes)
+    if refused.num_rows:
+        log.warning("catalogue %s: %d item(s) name images outside the catalogue roots %s; not reading them "
+                    "(errors/ has each reason)", config.catalogue, refused.num_rows, list(roots))
     timings["list_s"] = time.perf_counter() - t0
 
     previous_run, previous, rejected = (None, None, set()) if config.full else _previous_run(runs_uri, card)
@@ -192,14 +212,15 @@ def run(config: EmbedConfig) -> EmbedResult:
         items, failed_early = catalogue.fill_hashes(items, threads=config.io_threads)
         timings["hash_s"] = time.perf_counter() - t
     dim = int(card.embedding_dim)
-    plan = _plan(items, previous, embeddings.embeddings_schema(dim))
+    plan = _plan(items, previous, embeddings.embeddings_schema(dim), listed=listed.column("item_id"))
     # What is not carried over is new (the previous run never saw it), changed (the previous run
     # embedded other content under this id) or retried (the previous run rejected it: rejections
     # may be transient, e.g. a read timeout, and cost one decode to confirm).
     prev_ids = set(previous.column("item_id").to_pylist()) if previous is not None else set()
     counts = {"total": total, "new": 0, "changed": 0, "unchanged": plan.carried.num_rows, "removed": plan.removed,
               "retried": 0}
-    for item_id in plan.todo.column("item_id").to_pylist() + [f["item_id"] for f in failed_early]:
+    for item_id in (plan.todo.column("item_id").to_pylist() + [f["item_id"] for f in failed_early]
+                    + refused.column("item_id").to_pylist()):
         counts["changed" if item_id in prev_ids else "retried" if item_id in rejected else "new"] += 1
     log.info("catalogue %s: %d items; model %s; previous run %s: %d unchanged (carried over), %d new, "
              "%d changed, %d retried, %d removed", config.catalogue, total, card.model_id, previous_run or "none",
@@ -208,6 +229,8 @@ def run(config: EmbedConfig) -> EmbedResult:
     writer = embeddings.RunWriter(run_uri, dim, config.rows_per_file)
     writer.write(plan.carried)
     error_tables = [pa.Table.from_pylist(failed_early, schema=embeddings.ERRORS_SCHEMA)] if failed_early else []
+    if refused.num_rows:
+        error_tables.append(refused)
     todo = plan.todo
     t = time.perf_counter()
     latest_before = _latest_run(runs_uri)  # for the error message: storage may be down by then
@@ -247,7 +270,8 @@ def run(config: EmbedConfig) -> EmbedResult:
     manifest = embeddings.RunManifest(
         run_id=run_id, model_id=card.model_id, catalogue=config.catalogue, embedding_dim=dim, counts=counts,
         previous_run=previous_run, started_at=started_at, finished_at=_now_iso(),
-        config={**to_dict(config), "model": model_uri, "out": root})
+        # catalogue_roots, absolute: what build-index records for the item-image route.
+        config={**to_dict(config), "model": model_uri, "out": root, "catalogue_roots": list(roots)})
     storage.write_text(storage.join(run_uri, embeddings.MANIFEST), manifest.to_json())
     published = _publish_if_newer(runs_uri, run_id, manifest)
     wall = time.perf_counter() - t0
@@ -266,23 +290,40 @@ class _Plan:
     removed: int  # previous rows whose item is gone from the catalogue
 
 
-def _plan(items, previous, schema) -> _Plan:
-    """Split the catalogue against the previous run: same item id and same content hash → carry
-    the previous row over (with the catalogue's current category and URI); otherwise embed."""
+def _split_refused(listed):
+    """``(items to consider, refused rows in the errors schema)`` of a listing with reasons."""
+    import pyarrow.compute as pc
+
+    from artifacts.catalogue import REFUSED
+    from artifacts.embeddings import ERRORS_SCHEMA
+
+    bad = pc.is_valid(listed.column(REFUSED))
+    refused = listed.filter(bad).select(["item_id", "image_uri", REFUSED])
+    return (listed.filter(pc.invert(bad)).select(list(_ITEM_COLUMNS)),
+            refused.rename_columns(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA))
+
+
+def _plan(items, previous, schema, listed=None) -> _Plan:
+    """Split the catalogue against the previous run: same item id, same content hash and same
+    image URI → carry the previous row over (with the catalogue's current category); otherwise
+    embed. A URI that moved is read again: the manifest's hash is a claim, and carrying it to a
+    new location unread would vouch for bytes nobody looked at. ``listed``: every item id of the
+    catalogue, refused ones included (they are failures, not removals)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if previous is None or previous.num_rows == 0:
         return _Plan(todo=items, carried=schema.empty_table(), removed=0)
     pos = pc.index_in(items.column("item_id"), value_set=previous.column("item_id"))
-    same = pc.fill_null(pc.equal(items.column("content_sha256"), pc.take(previous.column("content_sha256"), pos)),
-                        False)
+    same = pc.and_(pc.fill_null(pc.equal(items.column("content_sha256"),
+                                         pc.take(previous.column("content_sha256"), pos)), False),
+                   pc.fill_null(pc.equal(items.column("image_uri"), pc.take(previous.column("image_uri"), pos)),
+                                False))
     carried = previous.take(pc.filter(pos, same))
     current = items.filter(same)
-    for name in ("category", "image_uri"):
-        i = carried.schema.get_field_index(name)
-        carried = carried.set_column(i, carried.schema.field(name), current.column(name))
-    kept = pc.is_in(previous.column("item_id"), value_set=items.column("item_id"))
+    i = carried.schema.get_field_index("category")
+    carried = carried.set_column(i, carried.schema.field("category"), current.column("category"))
+    kept = pc.is_in(previous.column("item_id"), value_set=items.column("item_id") if listed is None else listed)
     removed = previous.num_rows - (pc.sum(kept.cast(pa.int64())).as_py() or 0)
     return _Plan(todo=items.filter(pc.invert(same)), carried=carried, removed=removed)
 
@@ -362,7 +403,7 @@ def _embed_with_ray_data(todo, model_uri: str, card, config: EmbedConfig):
     remote_args = {}
     uris = todo.column("image_uri").to_pylist()
     uses_s3 = storage.is_remote(model_uri) or any(storage.is_remote(u) for u in uris)
-    env = {k: os.environ[k] for k in STORAGE_ENV_VARS if os.environ.get(k)}
+    env = worker_storage_env()
     if uses_s3 and env and config.forward_storage_env:
         # Workers get the environment Ray started with, not this process's current one.
         remote_args["runtime_env"] = {"env_vars": env}
@@ -400,6 +441,17 @@ def _embed_with_ray_data(todo, model_uri: str, card, config: EmbedConfig):
                         compute=pool,
                         num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None, **remote_args)
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
+
+
+def worker_storage_env(environ=None) -> dict:
+    """The storage settings (endpoint, region, profile) of ``environ`` (default: this process's)
+    that Ray Data tasks get in their runtime_env: never a key value (:mod:`artifacts.secrets`),
+    since runtime_envs show in the dashboard and the job's metadata; nodes have credentials of
+    their own (a role, a named secret, the environment Ray started with)."""
+    from artifacts.secrets import without_secrets
+
+    environ = os.environ if environ is None else environ
+    return without_secrets({k: environ[k] for k in STORAGE_ENV_VARS if environ.get(k)})
 
 
 def _ensure_ray(config: EmbedConfig) -> None:

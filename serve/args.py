@@ -28,6 +28,9 @@ class AppArgs(BaseModel):
     versions_kept: int = Field(2, ge=1)  # per replica: the serving version and the one before it
     # POST /v1/embed (the nightly job's small increments): images per request, within max_upload_bytes.
     max_batch_images: int = Field(256, ge=1)
+    # GET /v1/items/{id}/image opens only files under these prefixes (paths or s3://...); empty =
+    # the roots the served index recorded from its embedding run. Set it to pin them here.
+    catalogue_roots: tuple[str, ...] = ()
 
     @field_validator("model", "index")
     @classmethod

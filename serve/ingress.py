@@ -13,8 +13,6 @@ that fails for a reason that may pass (storage, timeout, lost replica) is tried 
 import asyncio
 import json
 import logging
-import mimetypes
-import re
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from ray import serve
 from starlette.concurrency import run_in_threadpool
 
-from artifacts import storage
+from artifacts import catalogue, storage
 from artifacts.logs import setup_logging
 from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_bytes, preprocess_or_reason
 
@@ -36,7 +34,6 @@ from .uploads import UploadError, image_from_body, images_from_body, read_body
 log = logging.getLogger("vitrine.serve")
 API_VERSION = "v1"
 PAGE = Path(__file__).with_name("static") / "index.html"
-ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STREAM_CHUNK = 256 * 1024
 # Classify and search are idempotent: a call whose replica died under it (node lost, process
 # killed) is sent again, and the router picks a live replica.
@@ -370,26 +367,47 @@ class Ingress:
     @app.get("/v1/items/{item_id}/image")
     async def item_image(self, item_id: str, request: Request) -> Response:
         async def work():
-            if not ITEM_ID.match(item_id):
-                raise ApiError(400, "item ids are letters, digits, '.', '_' and '-' (at most 128)")
+            if not catalogue.is_item_id(item_id):
+                raise ApiError(400, f"invalid item id: {catalogue.ITEM_ID_RULE}")
             v = await self._serving()
-            uri = await call(self.search.image_uri, v.index_id, item_id) if v.index_id else None
-            if not uri:
+            found = await call(self.search.image_location, v.index_id, item_id) if v.index_id else None
+            if not found:
                 raise ApiError(404, f"no catalogue item {item_id!r} in index {v.index_id}")
+            # Whatever the index row says, only files under the catalogue roots are opened (the
+            # configured ones, else those the index recorded; none recorded: nothing). Replies
+            # name the item, never the storage URI; the log keeps the details.
+            roots = tuple(self.args.catalogue_roots) or tuple(found["roots"])
+            try:
+                uri = await run_in_threadpool(catalogue.confine, found["uri"], roots)
+            except catalogue.CatalogueError as exc:
+                log.warning("item %s: not serving its image: %s", item_id, exc)
+                raise ApiError(404, f"the image of item {item_id!r} is not served") from None
+            stream = None
             try:
                 fs, path = storage.resolve(uri)
                 stream = await run_in_threadpool(fs.open_input_stream, path)
+                head = await run_in_threadpool(stream.read, STREAM_CHUNK)
             except Exception as exc:
-                raise ApiError(404, f"image of {item_id!r} is not readable: {exc}") from None
+                if stream is not None:
+                    stream.close()
+                log.warning("item %s: cannot read its image: %s", item_id, exc)
+                raise ApiError(404, f"the image of item {item_id!r} is not readable") from None
+            # The type of what the bytes decode as, not of the file name.
+            media = await run_in_threadpool(catalogue.image_media_type, head)
+            if media is None:
+                stream.close()
+                log.warning("item %s: its file is not a JPEG, PNG, WebP or GIF image; not serving it", item_id)
+                raise ApiError(415, f"the image of item {item_id!r} is not a JPEG, PNG, WebP or GIF image")
 
             async def chunks():
                 try:
+                    yield head
                     while chunk := await run_in_threadpool(stream.read, STREAM_CHUNK):
                         yield chunk
                 finally:
                     stream.close()
 
-            media = mimetypes.guess_type(path)[0] or "application/octet-stream"
             return StreamingResponse(chunks(), media_type=media,
-                                     headers={"Cache-Control": "public, max-age=3600"})
+                                     headers={"Cache-Control": "public, max-age=3600",
+                                              "X-Content-Type-Options": "nosniff"})
         return await self._handle("item_image", request, work)

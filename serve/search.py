@@ -36,6 +36,9 @@ class Search:
     async def image_uri(self, index_id: str, item_id: str) -> str | None:
         return (await self.indexes.get(index_id)).image_uri(item_id)
 
+    async def image_location(self, index_id: str, item_id: str) -> dict | None:
+        return (await self.indexes.get(index_id)).image_location(item_id)
+
     async def samples(self, index_id: str, per_category: int) -> list[dict]:
         return (await self.indexes.get(index_id)).samples(per_category)
 

@@ -58,6 +58,12 @@ class CatalogueSearcher:
     def image_uri(self, item_id: str) -> str | None:
         return self._image_uri.get(item_id)
 
+    def image_location(self, item_id: str) -> dict | None:
+        """``{"uri", "roots"}`` of an item's image: the URI as the index holds it and the catalogue
+        roots the index recorded, which the ingress checks the URI against before opening it."""
+        uri = self._image_uri.get(item_id)
+        return None if uri is None else {"uri": uri, "roots": list(self.index.manifest.catalogue_roots or [])}
+
     def samples(self, per_category: int = 2, seed: int = 0) -> list[dict]:
         """A few items of each category (for the page's "pick a sample"); stable for an index."""
         rng = np.random.default_rng(seed)

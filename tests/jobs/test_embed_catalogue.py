@@ -375,3 +375,89 @@ def test_a_service_that_answers_nonsense_is_not_trusted(tmp_path, tiny_fashion_m
         server.shutdown()
     assert result.timings["mode"] == "in-process" and result.counts["embedded"] == 6
     assert "unexpected answer" in caplog.text
+
+
+def test_images_outside_the_catalogue_roots_become_errors_unread_carried_rows_included(
+        tmp_path, tiny_fashion_mnist, models_dir, monkeypatch):
+    # Issue 11: whoever edits a manifest must not make the job (and so the index and the item-image
+    # route) read files outside the catalogue. Each hostile row is a valid image with a true hash,
+    # so only confinement can keep it out.
+    cat = tmp_path / "catalogue"
+    export(ExportConfig(split="test", out=str(cat), data=str(tiny_fashion_mnist), limit=20))
+    manifest = pq.read_table(cat / "manifest.parquet")
+    rows = manifest.to_pylist()
+    secret = tmp_path / "outside" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes((cat / rows[0]["image_uri"]).read_bytes())
+    sha = catalogue.content_sha256(secret.read_bytes())
+    hostile = {"h-file": "file://" + str(secret), "h-passwd": "file:///etc/passwd",
+               "h-bucket": "s3://other-bucket/secret.png", "h-dotdot": "../outside/secret.png",
+               "h-abs": str(secret)}
+    for item_id, uri in hostile.items():
+        rows.append({**rows[0], "item_id": item_id, "image_uri": uri, "content_sha256": sha})
+    catalogue.write_manifest(pa.Table.from_pylist(rows, schema=manifest.schema), str(cat / "manifest.parquet"))
+    read: list[str] = []
+    real_read_many = catalogue.read_many
+
+    def spy_read_many(uris, **kw):
+        read.extend(uris)
+        return real_read_many(uris, **kw)
+
+    monkeypatch.setattr(catalogue, "read_many", spy_read_many)
+    root = str(tmp_path / "store")
+    config = EmbedConfig(catalogue=str(cat), model=models_dir, out=root, max_failure_share=0.5)
+
+    first = run(dataclasses.replace(config, run_id="run-1"))
+
+    assert first.counts == {"total": 25, "new": 25, "changed": 0, "unchanged": 0, "retried": 0, "removed": 0,
+                            "failed": 5, "embedded": 20}
+    runs = embeddings.model_runs_uri(root, "cnn-test-a")
+    errors = by_id(embeddings.read_errors(runs))
+    assert errors.keys() == hostile.keys()
+    words = {"h-file": "file://", "h-passwd": "file://", "h-bucket": "outside the catalogue roots",
+             "h-dotdot": "'..' segment", "h-abs": "outside the catalogue roots"}
+    for item_id, w in words.items():
+        assert errors[item_id]["reason"].startswith("refused: ") and w in errors[item_id]["reason"]
+        assert errors[item_id]["image_uri"] == hostile[item_id]  # what the manifest asked for
+    assert not hostile.keys() & set(embeddings.read_table(runs).column("item_id").to_pylist())
+    assert not any("secret" in u or "passwd" in u or "other-bucket" in u for u in read), read
+
+    # Carried rows are checked like new ones: an unchanged item whose URI now points outside is
+    # refused; one moved to another file inside the root is read again (its hash is only a claim).
+    rows = [r for r in rows if r["item_id"] not in hostile]
+    moved_honestly, lying, escaping = rows[1], rows[2], rows[3]
+    (cat / "moved.png").write_bytes((cat / moved_honestly["image_uri"]).read_bytes())
+    moved_honestly["image_uri"] = "moved.png"
+    (cat / "other.png").write_bytes(mirrored_png((cat / lying["image_uri"]).read_bytes()))
+    lying["image_uri"] = "other.png"  # content_sha256 left as it was: a lie
+    escaping["image_uri"] = "file:///etc/passwd"
+    catalogue.write_manifest(pa.Table.from_pylist(rows, schema=manifest.schema), str(cat / "manifest.parquet"))
+    read.clear()
+
+    second = run(dataclasses.replace(config, run_id="run-2"))
+
+    assert second.counts == {"total": 20, "new": 0, "changed": 3, "unchanged": 17, "retried": 0, "removed": 0,
+                             "failed": 2, "embedded": 1}
+    errors = by_id(embeddings.read_errors(runs))
+    assert errors.keys() == {lying["item_id"], escaping["item_id"]}
+    assert errors[lying["item_id"]]["reason"].startswith("content_sha256 mismatch")
+    assert "file://" in errors[escaping["item_id"]]["reason"]
+    t = by_id(embeddings.read_table(runs))
+    assert t[moved_honestly["item_id"]]["image_uri"] == str(cat / "moved.png")
+    assert sorted(read) == sorted([str(cat / "moved.png"), str(cat / "other.png")])
+
+
+def test_allowed_image_prefixes_come_from_config_layers(tmp_path):
+    (tmp_path / "embed.yaml").write_text("allowed_image_prefixes: [s3://shop-images/products]\n")
+    config = embed_catalogue.load_embed_config(str(tmp_path / "embed.yaml"), ["allowed_image_prefixes=/mnt/photos"])
+    assert config.allowed_image_prefixes == ("/mnt/photos",)
+    assert embed_catalogue.load_embed_config(str(tmp_path / "embed.yaml")).allowed_image_prefixes == (
+        "s3://shop-images/products",)
+    assert EmbedConfig().allowed_image_prefixes == ()
+
+
+def test_ray_data_tasks_get_storage_settings_but_never_keys():
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_DEFAULT_REGION": "eu-west-1", "AWS_PROFILE": "shop",
+           "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_SESSION_TOKEN": "tok"}
+    assert embed_catalogue.worker_storage_env(env) == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+                                                       "AWS_DEFAULT_REGION": "eu-west-1", "AWS_PROFILE": "shop"}
