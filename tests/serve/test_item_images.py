@@ -68,7 +68,7 @@ def hostile_store(tmp_path_factory, tiny_fashion_mnist):
     with open(by_id[html], "wb") as f:
         f.write(b"<html><script>alert(document.cookie)</script></html>")
     return {"root": str(root), "cat": str(cat), "index_uri": index.index_uri, "hostile": hostile, "good": good,
-            "good_path": by_id[good], "jpeg": jpeg, "html": html}
+            "good_path": by_id[good], "jpeg": jpeg, "html": html, "outside": str(outside), "secret_item": ids[2]}
 
 
 def test_the_index_records_its_catalogue_roots(hostile_store):
@@ -106,3 +106,11 @@ def test_item_images_come_only_from_the_catalogue_roots(deploy_app, hostile_stor
     r = http(url + "/v1/items/_sku+1=a@b~c/image")
     assert r.status == 404 and "no catalogue item" in r.json()["error"]
     assert http(url + "/v1/items/a..b/image").status == 400
+
+
+def test_catalogue_roots_in_the_app_args_replace_the_index_s(deploy_app, hostile_store):
+    # An operator who pins the roots decides alone: the index's own catalogue is then refused too.
+    url = deploy_app(hostile_store["root"], catalogue_roots=[hostile_store["outside"]])
+    assert http(url + f"/v1/items/{hostile_store['good']}/image").status == 404
+    r = http(url + f"/v1/items/{hostile_store['secret_item']}/image")
+    assert r.status == 200 and r.headers["content-type"] == "image/png" and r.body.endswith(MARKER)
