@@ -11,6 +11,11 @@ A URI naming a manifest file, or a directory holding one, is read as a manifest 
 folders. Either way :func:`list_catalogue` returns one row per item with at least ``item_id``,
 ``image_uri`` (absolute), ``category`` and ``content_sha256`` (null where the source does not
 carry it), followed by the manifest's other columns.
+
+Every ``image_uri`` must lie under :func:`catalogue_roots`: the catalogue's own root (the
+manifest's directory, or the image folders' directory) plus prefixes named in config. The rule
+is :func:`confine` (one URI) and :func:`refusals` (a column, same decisions); the embedding job
+turns refused rows into errors, and the item-image route re-checks before it opens anything.
 """
 
 from __future__ import annotations
