@@ -50,6 +50,49 @@ def parse_one(body: bytes, content_type: str) -> bytes | None:
     return data
 
 
+# The stdlib email parser that serve/uploads.py used until python-multipart replaced it crashes
+# two ways, each a 500: it recurses once per "(" in a header parameter (324 nested ones give
+# RecursionError, issue 11), and a parameter name ending in "*" with nothing after it (RFC 2231
+# syntax, `multipart/form-data; 0*`, found by the long fuzz run) gives IndexError in
+# email._header_value_parser.get_parameter. While that parser is there these tests must fail
+# (strict xfail); after it, they must pass.
+STDLIB_PARSER = hasattr(uploads, "BytesParser")
+
+
+class ParserCrash(Exception):
+    """A RecursionError or IndexError from the parsers, raised from one place: a RecursionError's
+    own origin moves with the frame the limit is hit in (Hypothesis would call that flaky), and
+    both are one bug for Hypothesis this way, not an exception group."""
+
+
+stdlib_parser_crash = pytest.mark.xfail(STDLIB_PARSER, strict=True, raises=ParserCrash,
+                                        reason="stdlib email parser: RecursionError on nested '(' and IndexError "
+                                               "on a bare 'name*' parameter in a header")
+
+
+def parse_both(body: bytes, content_type: str, limit: int) -> None:
+    """Both parsers on one body, in a fresh thread: whether a deep header recurses past the limit
+    depends on how deep the caller's stack already is, so a shrunk example would not replay."""
+    outcome: dict = {}
+
+    def parse():
+        try:
+            parse_many(body, content_type, limit)
+            parse_one(body, content_type)
+        except (RecursionError, IndexError) as exc:
+            outcome["crash"] = f"{type(exc).__name__}: {exc}"
+        except BaseException as exc:  # an assertion or another bug: re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=parse)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    if "crash" in outcome:  # raised here, without a __context__ (Hypothesis reads that too)
+        raise ParserCrash(f"{outcome['crash']} on {content_type!r}, {body[:120]!r}...")
+
+
 # ---------------------------------------------------------------- strategies
 # File names as browsers and scripts send them: plain, unicode, with spaces, dots and dashes.
 plain_names = st.text(st.characters(categories=["L", "N"], include_characters="-_. "), min_size=1, max_size=40) \
@@ -143,48 +186,6 @@ def test_a_well_formed_single_upload_comes_back_as_sent(name, data):
 def test_a_damaged_multipart_body_is_parsed_or_refused_with_a_4xx(body, content_type, limit):
     parse_both(body, content_type, limit)
 
-
-# The stdlib email parser that serve/uploads.py used until python-multipart replaced it crashes
-# two ways, each a 500: it recurses once per "(" in a header parameter (324 nested ones give
-# RecursionError, issue 11), and a parameter name ending in "*" with nothing after it (RFC 2231
-# syntax, `multipart/form-data; 0*`, found by the long fuzz run) gives IndexError in
-# email._header_value_parser.get_parameter. While that parser is there these tests must fail
-# (strict xfail); after it, they must pass.
-STDLIB_PARSER = hasattr(uploads, "BytesParser")
-
-
-class ParserCrash(Exception):
-    """A RecursionError or IndexError from the parsers, raised from one place: a RecursionError's
-    own origin moves with the frame the limit is hit in (Hypothesis would call that flaky), and
-    both are one bug for Hypothesis this way, not an exception group."""
-
-
-stdlib_parser_crash = pytest.mark.xfail(STDLIB_PARSER, strict=True, raises=ParserCrash,
-                                        reason="stdlib email parser: RecursionError on nested '(' and IndexError "
-                                               "on a bare 'name*' parameter in a header")
-
-
-def parse_both(body: bytes, content_type: str, limit: int) -> None:
-    """Both parsers on one body, in a fresh thread: whether a deep header recurses past the limit
-    depends on how deep the caller's stack already is, so a shrunk example would not replay."""
-    outcome: dict = {}
-
-    def parse():
-        try:
-            parse_many(body, content_type, limit)
-            parse_one(body, content_type)
-        except (RecursionError, IndexError) as exc:
-            outcome["crash"] = f"{type(exc).__name__}: {exc}"
-        except BaseException as exc:  # an assertion or another bug: re-raised in the test's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=parse)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    if "crash" in outcome:  # raised here, without a __context__ (Hypothesis reads that too)
-        raise ParserCrash(f"{outcome['crash']} on {content_type!r}, {body[:120]!r}...")
 
 NESTED_PARENS = [
     'form-data; name="file"; filename=' + "(" * 400,
