@@ -3,8 +3,7 @@ body, with a size limit enforced while reading (the Serve proxy has none of its 
 
 from __future__ import annotations
 
-from email.parser import BytesParser
-from email.policy import HTTP
+from dataclasses import dataclass, field
 
 
 class UploadError(ValueError):
@@ -48,13 +47,101 @@ async def read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _form_parts(body: bytes, content_type: str):
-    # The stdlib MIME parser reads form-data given its Content-Type header; no extra dependency.
-    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1")
-                                                  + b"\r\n\r\n" + body)
-    if not message.is_multipart():
-        raise UploadError(400, "malformed multipart body (check the boundary)")
-    return list(message.iter_parts())
+# Limits of the multipart parser. An image part has two or three headers (disposition, type,
+# maybe a length); browsers send well under 1 KiB of them. Parts past what an endpoint can use,
+# and header bytes past HEADER_BYTES in all, are refused at once, so a body of thousands of
+# empty parts or of one huge header costs a few milliseconds, not seconds of parsing.
+MAX_PART_HEADERS = 8
+MAX_HEADER_BYTES = 4096  # one header line
+HEADER_BYTES = 64 * 1024  # all header lines of a body together
+EXTRA_PARTS = 8  # form fields next to the image parts (a page may add its own)
+_FEED = 64 * 1024  # bytes handed to the parser at a time: limits are checked at least this often
+_MAX_BOUNDARY = 200  # RFC 2046 allows 70; a little slack for odd clients
+
+
+@dataclass
+class FormPart:
+    name: str | None = None
+    filename: str | None = None
+    chunks: list = field(default_factory=list)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+def _text(raw: bytes) -> str:
+    # Browsers send UTF-8 in quoted parameters; the HTTP default is Latin-1.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _form_parts(body: bytes, content_type: str, *, keep: str, max_parts: int) -> list[FormPart]:
+    """The parts of a multipart/form-data ``body``, in order; only parts named ``keep`` keep
+    their data. python-multipart is a streaming state machine with per-header limits and no
+    recursion (the stdlib MIME parser it replaces recursed on nested comments in a header)."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary", b"")
+    if not boundary or len(boundary) > _MAX_BOUNDARY:
+        raise UploadError(400, "malformed multipart body (check the boundary in the Content-Type header)")
+    parts: list[FormPart] = []
+    header = {"field": bytearray(), "value": bytearray(), "total": 0}
+
+    def count(data, start, end):
+        header["total"] += end - start
+        if header["total"] > HEADER_BYTES:
+            raise UploadError(400, f"multipart headers exceed {HEADER_BYTES:,} bytes")
+
+    def on_part_begin():
+        if len(parts) >= max_parts:
+            raise UploadError(413, f"more than {max_parts} parts in one multipart body")
+        parts.append(FormPart())
+
+    def on_header_field(data, start, end):
+        count(data, start, end)
+        header["field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        count(data, start, end)
+        header["value"] += data[start:end]
+
+    def on_header_end():
+        if bytes(header["field"]).strip().lower() == b"content-disposition":
+            _, options = parse_options_header(bytes(header["value"]))
+            part = parts[-1]
+            part.name = _text(options[b"name"]) if b"name" in options else None
+            part.filename = _text(options[b"filename"]) if b"filename" in options else None
+        header["field"].clear()
+        header["value"].clear()
+
+    def on_part_data(data, start, end):
+        part = parts[-1]
+        if part.name == keep:
+            part.chunks.append(bytes(data[start:end]))
+
+    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
+                                        "on_header_value": on_header_value, "on_header_end": on_header_end,
+                                        "on_part_data": on_part_data},
+                             max_header_count=MAX_PART_HEADERS, max_header_size=MAX_HEADER_BYTES)
+    try:
+        for offset in range(0, len(body), _FEED):
+            parser.write(body[offset:offset + _FEED])
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise UploadError(400, f"malformed multipart body (check the boundary): {_short(exc)}") from None
+    if not parts:
+        raise UploadError(400, "malformed multipart body (check the boundary): no parts found")
+    return parts
+
+
+def _short(exc: BaseException, limit: int = 120) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def images_from_body(body: bytes, content_type: str, *, limit: int, field: str = "file") -> list[tuple[str, bytes]]:
@@ -63,13 +150,12 @@ def images_from_body(body: bytes, content_type: str, *, limit: int, field: str =
     if not content_type.lower().startswith("multipart/form-data"):
         raise UploadError(400, f"send the images as multipart/form-data, one part named {field!r} each")
     images = []
-    for part in _form_parts(body, content_type):
-        if part.get_param("name", header="content-disposition") != field:
+    for part in _form_parts(body, content_type, keep=field, max_parts=limit + EXTRA_PARTS):
+        if part.name != field:
             continue
-        key = part.get_filename()
-        if not key:
+        if not part.filename:
             raise UploadError(400, f"every {field!r} part needs a filename (the key its result comes back under)")
-        images.append((key, part.get_payload(decode=True) or b""))
+        images.append((part.filename, part.data))
         if len(images) > limit:
             raise UploadError(413, f"more than {limit} images in one request")
     if not images:
@@ -82,16 +168,15 @@ def images_from_body(body: bytes, content_type: str, *, limit: int, field: str =
 def image_from_body(body: bytes, content_type: str, *, field: str = "file") -> bytes:
     """The image bytes: the ``file`` part of a multipart form, otherwise the body itself."""
     if content_type.lower().startswith("multipart/form-data"):
-        names = []
-        for part in _form_parts(body, content_type):
-            name = part.get_param("name", header="content-disposition")
-            names.append(name)
-            if name == field:
-                data = part.get_payload(decode=True) or b""
+        parts = _form_parts(body, content_type, keep=field, max_parts=1 + EXTRA_PARTS)
+        for part in parts:
+            if part.name == field:
+                data = part.data
                 if not data:
                     raise UploadError(400, f"the multipart field {field!r} is empty")
                 return data
-        raise UploadError(400, f"no multipart field named {field!r} (got {', '.join(map(str, names)) or 'none'})")
+        names = ", ".join(_short(str(p.name), 40) for p in parts)
+        raise UploadError(400, f"no multipart field named {field!r} (got {names or 'none'})")
     if not body:
         raise UploadError(400, f"no image: send it as the request body or as a multipart field named {field!r}")
     return body
