@@ -18,7 +18,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# Batch jobs read catalogue images (a shop's own, up to large studio shots); the service's
+# upload limit is lower (serve/args.py max_pixels).
 DEFAULT_MAX_PIXELS = 40_000_000
+# A JPEG is decoded at no less than this multiple of the model's input size (see decode_image).
+DRAFT_FACTOR = 4
 
 
 class ImageDecodeError(ValueError):
@@ -56,9 +60,14 @@ class PreprocessSpec:
         return cls(height=int(h), width=int(w), channels=int(c), **kw)
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None
+                 ) -> Image.Image:
     """Decode bytes into a loaded PIL image (first frame of an animation), or raise
-    :class:`ImageDecodeError` with a reason: empty, not an image, truncated, or too many pixels."""
+    :class:`ImageDecodeError` with a reason: empty, not an image, truncated, or too many pixels.
+
+    With ``draft_size`` a JPEG is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 scale that still
+    covers it (libjpeg's DCT scaling): a 24-megapixel phone photo meant for a 28×28 model costs a
+    fraction of a full decode. Other formats have no such mode and are decoded whole."""
     if not data:
         raise ImageDecodeError("empty file")
     try:
@@ -76,6 +85,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise ImageDecodeError(f"image too large: {w}x{h} = {w * h} pixels, limit {max_pixels}", too_large=True)
     try:
         img.seek(0)
+        if draft_size is not None and img.format == "JPEG":
+            img.draft(img.mode, draft_size)
         img.load()
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image too large: {exc}", too_large=True) from None
@@ -96,7 +107,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         mode = img.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
+        # Pillow converts premultiplied "La" only to "LA"; every other alpha mode goes to RGBA directly.
+        rgba = (img.convert("LA") if mode == "La" else img).convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
     if mode in ("L", "RGB"):
@@ -133,9 +145,26 @@ def to_model_input(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return out
 
 
+def draft_size(spec: PreprocessSpec) -> tuple[int, int]:
+    """The smallest decode a model input is made from: DRAFT_FACTOR × its size, so the LANCZOS
+    resize still averages several source pixels into each input pixel."""
+    return (DRAFT_FACTOR * spec.width, DRAFT_FACTOR * spec.height)
+
+
+def header_pixels(data: bytes) -> int:
+    """Width × height from the image header alone (no pixel data decoded); 0 when the header is
+    unreadable (the full decode then says why). For budgets over many images in one request."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+    except Exception:  # Pillow raises many types for garbage headers
+        return 0
+    return max(0, w) * max(0, h)
+
+
 def preprocess_bytes(data: bytes, spec: PreprocessSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes → model input; raises :class:`ImageDecodeError` for bad input."""
-    return to_model_input(decode_image(data, max_pixels=max_pixels), spec)
+    return to_model_input(decode_image(data, max_pixels=max_pixels, draft_size=draft_size(spec)), spec)
 
 
 def preprocess_or_reason(data: bytes, spec: PreprocessSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS):

@@ -130,8 +130,7 @@ def test_the_batch_path_gives_a_reason_where_the_single_path_raises(data, spec):
         np.testing.assert_array_equal(x, single)
 
 
-# "La" (premultiplied L+alpha) is left out: it is the one mode _to_8bit cannot convert, see below.
-@given(st.sampled_from(["1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV",
+@given(st.sampled_from(["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV",
                         "I", "I;16", "I;16B", "F"]),
        st.integers(1, 40), st.integers(1, 40), st.integers(0, 255), specs)
 def test_every_pillow_mode_becomes_a_model_input(mode, w, h, fill, spec):
@@ -151,8 +150,7 @@ def test_arrays_to_model_input_gives_each_image_a_model_input(n, hw, c, seed, sp
         assert np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0 + 1e-6
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="found by the fuzzer: _to_8bit sends 'La' to convert('RGBA'), which Pillow refuses; "
-                          "no decoder yields 'La', so only an in-memory image reaches it (no 5xx from bytes)")
+# Found by the fuzzer: _to_8bit sent 'La' to convert('RGBA'), which Pillow refuses ('La' only
+# converts to 'LA'); no decoder yields 'La', so only an in-memory image reached it.
 def test_a_premultiplied_la_image_becomes_a_model_input():
     assert_model_input(to_model_input(Image.new("La", (3, 3), 0), PreprocessSpec()), PreprocessSpec())

@@ -107,3 +107,28 @@ def test_pixel_limit_stops_decompression_bombs():
     data = encode(Image.new("L", (5000, 5000)))
     with pytest.raises(ImageDecodeError, match="too large"):
         decode_image(data, max_pixels=1_000_000)
+
+
+def test_big_jpegs_decode_in_draft_mode_and_give_the_same_model_input():
+    photo = garment(True, size=(4000, 3000), mode="RGB")
+    data = encode(photo, "JPEG", quality=90)
+    full = decode_image(data)
+    draft = decode_image(data, draft_size=(112, 112))
+    assert full.size == (4000, 3000)
+    # libjpeg scales by 1/8 at most and never below the size asked for.
+    assert draft.size == (500, 375)
+    np.testing.assert_allclose(preprocess_bytes(data, SPEC), to_model_input(full, SPEC), atol=0.03)
+    png = encode(garment(True, size=(600, 400)))
+    assert decode_image(png, draft_size=(112, 112)).size == (600, 400)  # no draft mode: decoded whole
+
+
+def test_header_pixels_reads_the_size_without_decoding():
+    from artifacts.preprocess import header_pixels
+
+    # A pixel bomb: 6000×6000 of one colour compresses to a few KB.
+    bomb = encode(Image.new("L", (6000, 6000), 255))
+    assert len(bomb) < 100_000 and header_pixels(bomb) == 36_000_000
+    assert header_pixels(b"not an image") == 0 and header_pixels(b"") == 0
+    with pytest.raises(ImageDecodeError, match="too large") as err:
+        decode_image(bomb, max_pixels=16_000_000)
+    assert err.value.too_large
