@@ -21,7 +21,14 @@ class AppArgs(BaseModel):
     # Longest wait for a replica to load a new model or index; past it the swap is retried later.
     warm_timeout_s: float = Field(120.0, gt=0)
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
-    max_pixels: int = Field(40_000_000, gt=0)
+    # Decoding budget. 16 MP covers a 4608×3456 phone photo; a pixel bomb (a 35 KB PNG that
+    # claims 36 MP costs ~0.5 s of decoding) is refused from its header, before any decoding.
+    max_pixels: int = Field(16_000_000, gt=0)
+    # POST /v1/embed: all images of one request together, from their headers, before decoding.
+    max_request_pixels: int = Field(64_000_000, gt=0)
+    # Slow bodies: the whole upload within upload_timeout_s, never idle for upload_idle_timeout_s.
+    upload_timeout_s: float = Field(60.0, gt=0)
+    upload_idle_timeout_s: float = Field(10.0, gt=0)
     default_k: int = Field(30, ge=1)
     max_k: int = Field(200, ge=1)
     search_ef: int = Field(0, ge=0)  # hnswlib ef at query time; 0 = the index's own setting

@@ -3,6 +3,7 @@ body, with a size limit enforced while reading (the Serve proxy has none of its 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 
@@ -18,15 +19,37 @@ class UploadError(ValueError):
 DRAIN_FACTOR = 4
 
 
-async def _drain(request, budget: int) -> None:
-    async for chunk in request.stream():
+async def _drain(chunks, budget: int) -> None:
+    async for chunk in chunks:
         budget -= len(chunk)
         if budget < 0:
             return
 
 
-async def read_body(request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+async def _timed(request, *, timeout_s: float, idle_timeout_s: float):
+    """The body's chunks, refused with 408 when the whole body takes longer than ``timeout_s`` or
+    the client sends nothing for ``idle_timeout_s``: a slow client holds one of the replica's
+    ``max_ongoing_requests`` slots while it sends, so it must not hold it for long."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    stream = request.stream().__aiter__()
+    while True:
+        left = deadline - loop.time()
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), min(idle_timeout_s, max(left, 0.0)))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            if left <= idle_timeout_s:
+                raise UploadError(408, f"upload not complete within {timeout_s:g} s") from None
+            raise UploadError(408, f"upload stalled: nothing received for {idle_timeout_s:g} s") from None
+        yield chunk
+
+
+async def read_body(request, limit: int, *, timeout_s: float = 60.0, idle_timeout_s: float = 10.0) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes and with 408
+    when it arrives too slowly (see :func:`_timed`)."""
+    chunks = _timed(request, timeout_s=timeout_s, idle_timeout_s=idle_timeout_s)
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -35,16 +58,16 @@ async def read_body(request, limit: int) -> bytes:
             raise UploadError(400, f"bad Content-Length header {declared!r}") from None
         if size > limit:
             if size <= DRAIN_FACTOR * limit:
-                await _drain(request, size)
+                await _drain(chunks, size)
             raise UploadError(413, f"upload of {size:,} bytes exceeds the limit of {limit:,} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():  # chunked uploads have no Content-Length
+    parts, size = [], 0
+    async for chunk in chunks:  # chunked uploads have no Content-Length
         size += len(chunk)
         if size > limit:
-            await _drain(request, (DRAIN_FACTOR - 1) * limit)
+            await _drain(chunks, (DRAIN_FACTOR - 1) * limit)
             raise UploadError(413, f"upload exceeds the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 # Limits of the multipart parser. An image part has two or three headers (disposition, type,
