@@ -8,12 +8,18 @@ pass (:mod:`artifacts.preprocess`, :mod:`artifacts.inference`) run there, so the
 ones the job would have computed. Anything else (unreachable, another model, a model swap in the
 middle, an image over the service's upload limit) raises :class:`ServiceUnavailable` before any
 row is returned, and the job embeds the increment itself.
+
+``/v1/embed`` needs an API key with scope ``embed`` (serve/auth.py): the job sends
+``$VITRINE_API_KEY``, or the first line of the file ``$VITRINE_API_KEY_FILE`` names (on KubeRay
+both come from the ``vitrine-api-key`` Secret, never from job metadata). Without one the service
+answers 401/403 and the job embeds the increment itself.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import urllib.error
 import urllib.request
 import uuid
@@ -97,9 +103,28 @@ def _chunks(items: list[tuple[int, bytes]], max_images: int, max_bytes: int):
         yield chunk
 
 
+def api_key(environ=None) -> str:
+    """The key this job sends to /v1/embed: ``$VITRINE_API_KEY``, else the file ``$VITRINE_API_KEY_FILE``."""
+    environ = os.environ if environ is None else environ
+    if environ.get("VITRINE_API_KEY"):
+        return environ["VITRINE_API_KEY"].strip()
+    path = environ.get("VITRINE_API_KEY_FILE")
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return (f.readline() or "").strip()
+    except OSError as exc:
+        log.warning("cannot read the API key file named by VITRINE_API_KEY_FILE (%s): %s", path, exc)
+        return ""
+
+
 def _request(url: str, *, files: list[tuple[int, bytes]] | None = None, timeout_s: float) -> dict:
     data, headers = None, {"Accept": "application/json"}
     if files is not None:
+        key = api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         boundary = uuid.uuid4().hex
         parts = []
         for key, payload in files:

@@ -33,6 +33,10 @@ class AppArgs(BaseModel):
     max_k: int = Field(200, ge=1)
     search_ef: int = Field(0, ge=0)  # hnswlib ef at query time; 0 = the index's own setting
     versions_kept: int = Field(2, ge=1)  # per replica: the serving version and the one before it
+    # API keys (serve/auth.py): a file path, never the keys. "" = $VITRINE_API_KEYS_FILE; /v1/embed
+    # always needs a key with scope "embed"; classify and search need one only with search_requires_key.
+    api_keys_file: str = ""
+    search_requires_key: bool = False
     # POST /v1/embed (the nightly job's small increments): images per request, within max_upload_bytes.
     max_batch_images: int = Field(256, ge=1)
     # GET /v1/items/{id}/image opens only files under these prefixes (paths or s3://...); empty =

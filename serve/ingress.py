@@ -31,6 +31,7 @@ from artifacts.preprocess import (ImageDecodeError, PreprocessSpec, header_pixel
 
 from . import versions
 from .args import AppArgs
+from .auth import ApiKeys, AuthError
 from .retry import RetryBackoff, short_reason
 from .uploads import UploadError, image_from_body, images_from_body, read_body
 
@@ -83,6 +84,7 @@ class Ingress:
         self.search = search
         self.args = AppArgs(**args)
         self.root = self.args.storage or storage.default_root()
+        self.keys = ApiKeys(self.args.api_keys_file)
         self.version: versions.ServingVersion | None = None
         self.refused: dict[tuple, str] = {}  # versions that failed their checks, with the reason
         self.retries = RetryBackoff()  # versions whose warm-up failed for a reason that may pass
@@ -227,6 +229,11 @@ class Ingress:
         except ImageDecodeError as exc:
             self.metrics.rejected.inc(tags={"reason": "too_large" if exc.too_large else "not_an_image"})
             response = _error(413 if exc.too_large else 400, f"not a usable image: {exc.reason}")
+        except AuthError as exc:
+            self.metrics.rejected.inc(tags={"reason": "auth"})
+            response = _error(exc.status, exc.reason)
+            if exc.status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="vitrine"'
         except ApiError as exc:
             response = _error(exc.status, exc.message)
         except BackPressureError:  # a deployment behind this one has max_queued_requests waiting
@@ -239,6 +246,11 @@ class Ingress:
             response = _error(500, f"internal error (request {request_id})")
         self.metrics.observe(endpoint, response.status_code, time.perf_counter() - t0)
         return response
+
+    def _authorize(self, request: Request, scope: str) -> None:
+        if scope == "search" and not self.args.search_requires_key:
+            return
+        self.keys.check(request.headers.get("authorization"), scope)
 
     def _int_param(self, request: Request, name: str, default: int, lo: int, hi: int) -> int:
         raw = request.query_params.get(name)
@@ -278,7 +290,8 @@ class Ingress:
                     "max_pixels": self.args.max_pixels, "max_request_pixels": self.args.max_request_pixels,
                     "max_batch_images": self.args.max_batch_images,
                     "default_k": self.args.default_k, "max_k": self.args.max_k,
-                    "refused": sorted(set(self.refused.values())), "retrying": self._retrying()}
+                    "refused": sorted(set(self.refused.values())), "retrying": self._retrying(),
+                    "api_key_required": {"embed": True, "search": self.args.search_requires_key}}
         return await self._handle("info", request, work)
 
     @app.get("/v1/samples")
@@ -296,6 +309,7 @@ class Ingress:
     async def classify(self, request: Request) -> Response:
         async def work():
             t0 = time.perf_counter()
+            self._authorize(request, "search")
             v = await self._serving()
             out = await self._classify(request, v)
             classes = self._classes(v, out["probabilities"])
@@ -307,6 +321,7 @@ class Ingress:
     async def search_items(self, request: Request) -> Response:
         async def work():
             t0 = time.perf_counter()
+            self._authorize(request, "search")
             v = await self._serving()
             if not v.index_id:
                 raise ApiError(503, "no index published yet: run the embedding job and build-index")
@@ -339,6 +354,7 @@ class Ingress:
         model (409 otherwise), so the caller never mixes two models in one embeddings run."""
         async def work():
             t0 = time.perf_counter()
+            self._authorize(request, "embed")
             v = await self._serving()
             wanted = request.query_params.get("model_id")
             if wanted and wanted != v.model_id:

@@ -135,6 +135,24 @@ def test_ray_pods_take_storage_keys_from_the_named_secret_where_no_role_reaches_
                 assert {"name": "vitrine-storage", "optional": True} in refs, f"{name}: {c['name']}"
 
 
+def test_serve_pods_read_api_keys_from_the_mounted_secret_and_the_nightly_job_sends_its_own():
+    spec = cluster_specs()["rayservice"]
+    for pod in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        pod_spec = pod["template"]["spec"]
+        assert {"name": "api-keys", "secret": {"secretName": "vitrine-api-keys", "optional": True}} in pod_spec["volumes"]
+        for c in pod_spec["containers"]:
+            mount = next(m for m in c["volumeMounts"] if m["name"] == "api-keys")
+            path = next(e["value"] for e in c["env"] if e["name"] == "VITRINE_API_KEYS_FILE")
+            assert mount["readOnly"] and path.startswith(mount["mountPath"] + "/")
+    # The app's args name at most a key file, never a key (serve/config.yaml is in git).
+    args = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())["applications"][0]["args"]
+    assert not {k for k in args if "key" in k.lower()} - {"api_keys_file", "search_requires_key"}
+    for pod in [cluster_specs()["raycluster"]["headGroupSpec"], *cluster_specs()["raycluster"]["workerGroupSpecs"]]:
+        for c in pod["template"]["spec"]["containers"]:
+            key = next(e for e in c["env"] if e["name"] == "VITRINE_API_KEY")
+            assert key["valueFrom"]["secretKeyRef"] == {"name": "vitrine-api-keys", "key": "nightly", "optional": True}
+
+
 def test_images_match_the_installed_ray_and_ray_cluster_yaml():
     launcher_image = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())["docker"]["image"]
     repo, tag = launcher_image.split(":")

@@ -94,8 +94,21 @@ def serve_port() -> int:
         return s.getsockname()[1]
 
 
+# API keys of the test deployments (serve/auth.py): one per scope.
+EMBED_KEY = "test-embed-key-7f3a-0123456789abcdef"
+SEARCH_KEY = "test-search-key-7f3a-0123456789abcdef"
+EMBED_AUTH = {"Authorization": f"Bearer {EMBED_KEY}"}
+
+
 @pytest.fixture(scope="session")
-def deploy_app(ray_local, serve_port):
+def api_keys_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("secrets") / "api-keys"
+    path.write_text(f"# name scopes key\nnightly embed {EMBED_KEY}\nshop search {SEARCH_KEY}\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def deploy_app(ray_local, serve_port, api_keys_file):
     """``deploy_app(root, deployments=..., **args) -> base URL``: (re)deploy serve/config.yaml with
     test-sized replicas; the same config twice is deployed once."""
     from serve import deploy
@@ -106,7 +119,8 @@ def deploy_app(ray_local, serve_port):
         overrides = {name: dict(options) for name, options in TEST_DEPLOYMENTS.items()}
         for name, options in (deployments or {}).items():
             overrides[name] = deploy._merge(overrides[name], options)
-        config = deploy.load_config(args={"storage": root, "poll_interval_s": 1.0, **args}, deployments=overrides,
+        args = {"storage": root, "poll_interval_s": 1.0, "api_keys_file": api_keys_file, **args}
+        config = deploy.load_config(args=args, deployments=overrides,
                                     http={"host": "127.0.0.1", "port": serve_port})
         from ray import serve
 

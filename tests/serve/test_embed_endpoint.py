@@ -14,7 +14,7 @@ from artifacts import embeddings, storage
 from jobs.embed_catalogue import EmbedConfig, run
 from jobs.embed_stages import Embedder, decode_batch
 from tests.jobs.test_embed_catalogue import save_model
-from tests.serve.conftest import http, multipart_files
+from tests.serve.conftest import EMBED_AUTH, EMBED_KEY, SEARCH_KEY, http, multipart_files
 
 pytestmark = pytest.mark.slow
 GARBAGE = b"not an image, whatever its name says"
@@ -22,7 +22,7 @@ GARBAGE = b"not an image, whatever its name says"
 
 def form(files: list[tuple[str, bytes]]) -> tuple[bytes, dict]:
     body, content_type = multipart_files(files)
-    return body, {"Content-Type": content_type}
+    return body, {"Content-Type": content_type, **EMBED_AUTH}
 
 
 def catalogue_rows(root: str, n: int) -> pa.Table:
@@ -65,7 +65,7 @@ def test_embed_requests_that_cannot_be_served_are_refused_clearly(app_url, servi
     body, headers = form([("a", png)])
     r = http(app_url + "/v1/embed?model_id=some-other-model", body, headers=headers)
     assert r.status == 409 and "not some-other-model" in r.json()["error"]
-    r = http(app_url + "/v1/embed", png, headers={"Content-Type": "image/png"})
+    r = http(app_url + "/v1/embed", png, headers={"Content-Type": "image/png", **EMBED_AUTH})
     assert r.status == 400 and "multipart/form-data" in r.json()["error"]
     body, headers = form([("a", png), ("a", png)])
     assert http(app_url + "/v1/embed", body, headers=headers).status == 400  # two results under one key
@@ -82,8 +82,31 @@ def _mirror(path: Path) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def test_a_small_increment_goes_through_the_service_and_matches_the_job(app_url, serving_store, tmp_path):
+def test_embed_needs_an_api_key_with_its_scope(app_url, serving_store):
+    png = Path(catalogue_rows(serving_store, 1).column("image_uri")[0].as_py()).read_bytes()
+    body, headers = form([("a", png)])
+    del headers["Authorization"]
+    for auth, status, words in [(None, 401, "needs an API key"), ("Basic dXNlcjpwYXNz", 401, "needs an API key"),
+                                ("Bearer not-a-key-of-this-service-000000", 401, "unknown API key"),
+                                (f"Bearer {SEARCH_KEY}", 403, "lacks the scope 'embed'"),
+                                (f"Bearer {EMBED_KEY}", 200, None)]:
+        r = http(app_url + "/v1/embed", body, headers={**headers, **({"Authorization": auth} if auth else {})})
+        assert r.status == status, (auth, r.status, r.body)
+        if status != 200:
+            assert words in r.json()["error"] and r.json()["status"] == status
+            assert EMBED_KEY not in r.body.decode() and SEARCH_KEY not in r.body.decode()
+        if status == 401:
+            assert {k.lower(): v for k, v in r.headers.items()}.get("www-authenticate", "").startswith("Bearer")
+    # Search stays open by default (search_requires_key: false), and /v1/info says what needs a key.
+    assert http(app_url + "/v1/classify", png, headers={"Content-Type": "image/png"}).status == 200
+    assert http(app_url + "/v1/info").json()["api_key_required"] == {"embed": True, "search": False}
+
+
+def test_a_small_increment_goes_through_the_service_and_matches_the_job(app_url, serving_store, tmp_path,
+                                                                        monkeypatch, caplog):
     from artifacts.catalogue import content_sha256, list_catalogue, write_manifest
+
+    monkeypatch.setenv("VITRINE_API_KEY", EMBED_KEY)  # what the Secret gives the nightly job
 
     model_id = http(app_url + "/v1/info").json()["model_id"]
     model = storage.join(serving_store, "models", model_id)
@@ -104,6 +127,14 @@ def test_a_small_increment_goes_through_the_service_and_matches_the_job(app_url,
     for row in manifest:
         row["image_uri"] = str(Path(row["image_uri"]).relative_to(cat))
     write_manifest(pa.Table.from_pylist(manifest), str(cat / "manifest.parquet"))
+
+    # Without its key the service refuses the job, which then embeds the increment itself.
+    monkeypatch.delenv("VITRINE_API_KEY")
+    shutil.copytree(out, tmp_path / "keyless")
+    keyless = run(EmbedConfig(catalogue=str(cat), model=model, out=str(tmp_path / "keyless"), service_url=app_url))
+    assert keyless.timings["mode"] == "in-process" and keyless.counts["embedded"] == 3
+    assert "answered 401" in caplog.text
+    monkeypatch.setenv("VITRINE_API_KEY", EMBED_KEY)
 
     via_service = run(base)
     assert via_service.timings["mode"] == "service"

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
-from tests.serve.conftest import http, multipart_files
+from tests.serve.conftest import EMBED_AUTH, http, multipart_files
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def embed_pixel_budget() -> tuple[bytes, dict]:
     # Five 15 MP images: each under max_pixels, together over max_request_pixels.
     one = _png(Image.new("L", (5000, 3000), 255))
     body, ctype = multipart_files([(f"item-{i}", one) for i in range(5)])
-    return body, {"Content-Type": ctype}
+    return body, {"Content-Type": ctype, **EMBED_AUTH}
 
 
 PATTERNS = {  # name -> (route, body and headers, expected status, words the reason must have)
