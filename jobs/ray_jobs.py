@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "logs":
         if args.follow:
             return 0 if follow(client, args.id, sys.stdout) == "SUCCEEDED" else 1
-        sys.stdout.write(client.get_job_logs(args.id))
+        sys.stdout.write(redact(client.get_job_logs(args.id)))  # a job may print its own environment
         return 0
     stopped = client.stop_job(args.id)
     if not stopped:

@@ -227,7 +227,7 @@ def follow(client, submission_id: str, out: TextIO) -> str:
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(submission_id):
-            out.write(chunk)
+            out.write(secrets.redact(chunk))  # NAME=value split across two chunks is missed
             out.flush()
 
     try:

@@ -32,7 +32,7 @@ from artifacts.preprocess import (ImageDecodeError, PreprocessSpec, header_pixel
 from . import versions
 from .args import AppArgs
 from .auth import ApiKeys, AuthError
-from .retry import RetryBackoff, short_reason
+from .retry import RetryBackoff, short_reason, without_locations
 from .uploads import UploadError, image_from_body, images_from_body, read_body
 
 log = logging.getLogger("vitrine.serve")
@@ -106,7 +106,7 @@ class Ingress:
                 self._refresh_task is None or self._refresh_task.done()):
             self._refresh_task = asyncio.get_running_loop().create_task(self._refresh())
         if self.version is None:
-            raise ApiError(503, f"nothing to serve yet: {self._problem}")
+            raise ApiError(503, f"nothing to serve yet: {without_locations(self._problem)}")
         return self.version
 
     async def _refresh(self) -> None:
@@ -290,7 +290,7 @@ class Ingress:
                     "max_pixels": self.args.max_pixels, "max_request_pixels": self.args.max_request_pixels,
                     "max_batch_images": self.args.max_batch_images,
                     "default_k": self.args.default_k, "max_k": self.args.max_k,
-                    "refused": sorted(set(self.refused.values())), "retrying": self._retrying(),
+                    "refused": sorted({without_locations(r) for r in self.refused.values()}), "retrying": self._retrying(),
                     "api_key_required": {"embed": True, "search": self.args.search_requires_key}}
         return await self._handle("info", request, work)
 

@@ -19,6 +19,12 @@ REASON_CHARS = 160
 _LOCATION = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\",;)]+|(?<![\w.])/[^\s'\",;)]+")
 
 
+def without_locations(text: str) -> str:
+    """``text`` with storage URIs and file paths replaced by ``<path>``: for what clients see
+    (``/v1/info``, 503 bodies); the log keeps the full text."""
+    return _LOCATION.sub("<path>", text)
+
+
 def short_reason(exc: BaseException) -> str:
     """The exception's type and first line, locations replaced by ``<path>``, cut short."""
     cause = getattr(exc, "cause", None)  # a RayTaskError carries the replica's exception

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -91,7 +92,9 @@ def test_vitrine_jobs_redacts_secrets_a_job_was_submitted_with(local_cluster, ca
 
     secret = "wJalrXUtnFEMI-leaked"
     client = connect(local_cluster.dashboard_url)
-    sid = client.submit_job(entrypoint=f"env DB_PASSWORD={secret} python -c pass",
+    # The job prints its own secret, as a careless script would: `vitrine jobs logs` must not show it.
+    sid = client.submit_job(entrypoint=f"env DB_PASSWORD={secret} python -c "
+                                       "\"import os; print('DB_PASSWORD=' + os.environ['DB_PASSWORD'])\"",
                             runtime_env={"env_vars": {"AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "eu-central-1"}},
                             metadata={"api_token": secret, "vitrine_job": "raw"})
     url = local_cluster.dashboard_url
@@ -107,6 +110,14 @@ def test_vitrine_jobs_redacts_secrets_a_job_was_submitted_with(local_cluster, ca
     status = capsys.readouterr().out
     assert sid in table and "DB_PASSWORD=***" in table and json.loads(status)["metadata"]["api_token"] == "***"
     assert secret not in listed + table + status
+    deadline = time.monotonic() + 120
+    while str(client.get_job_status(sid)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.monotonic() < deadline, client.get_job_logs(sid)
+        time.sleep(0.5)
+    assert secret in client.get_job_logs(sid)  # the cluster has it; the command must not print it
+    assert ray_jobs.main(["logs", sid, "--address", url]) == 0
+    logs = capsys.readouterr().out
+    assert "DB_PASSWORD=***" in logs and secret not in logs
 
 
 def test_a_failing_job_makes_vitrine_submit_exit_non_zero(local_cluster, submit_env):

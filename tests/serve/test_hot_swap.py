@@ -124,6 +124,8 @@ def test_unservable_indexes_are_refused_and_the_old_one_keeps_serving(deploy_app
     info = http(url + "/v1/info").json()
     assert info["index_id"] == served["index_id"] and info["model_id"] == served["model_id"]
     assert any(other in r and "cnn-serve-c" in r for r in info["refused"]), info["refused"]
+    # /v1/info is public: reasons name versions, never where storage is.
+    assert not any(str(store) in r or "/indexes/" in r for r in info["refused"]), info["refused"]
     assert all(s == 200 for s, _, _ in load.answers)
     assert load.served() == [(served["model_id"], served["index_id"])]
 
