@@ -151,3 +151,30 @@ def test_normal_clients_stay_fast_while_every_hostile_pattern_runs(app_url, norm
     for name, (_, _, expected, _) in PATTERNS.items():
         assert outcomes[name] and set(outcomes[name]) == {expected}, (name, summary[name])
     assert set(outcomes["stalled-body"]) <= {408}, summary["stalled-body"]
+
+
+def test_overload_answers_503_with_retry_after_instead_of_queueing(deploy_app, serving_store, normal_image):
+    """Tiny queues (the shipped config has the same keys, sized for production): a burst gets
+    answers or 503 + Retry-After, never a 500 and never an unbounded wait."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = deploy_app(serving_store, deployments={
+        "Ingress": {"max_ongoing_requests": 4, "max_queued_requests": 2,
+                    "backpressure_config": {"status_code": 503, "retry_after_s": 2}},
+        "Classifier": {"max_ongoing_requests": 1, "max_queued_requests": 1}})
+    try:
+        def one(_):
+            r = http(url + "/v1/classify", normal_image, headers={"Content-Type": "image/png"}, timeout=60)
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.body
+
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            answers = list(pool.map(one, range(96)))
+    finally:
+        deploy_app(serving_store)  # back to the module's deployment for whoever comes next
+    statuses = [s for s, _, _ in answers]
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
+    for status, headers, body in answers:
+        if status == 503:
+            assert int(headers["retry-after"]) >= 1, headers
+    print(f"burst of 96 from 24 threads: {statuses.count(200)} answered, {statuses.count(503)} x 503 + Retry-After")
