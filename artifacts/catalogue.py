@@ -3,6 +3,7 @@
 Two layouts, local or ``s3://`` (see :mod:`artifacts.storage` for endpoints)::
 
     <prefix>/<category>/<item_id>.<ext>          image folders, one per category
+    <prefix>/<category>/<sub-category>/<item_id>.<ext>   the same, nested (category_level=2)
     <prefix>/manifest.parquet | .csv | .jsonl    a manifest: item_id, image_uri, optional
                                                  category, content_sha256 and any metadata
 
@@ -10,7 +11,9 @@ A URI naming a manifest file, or a directory holding one, is read as a manifest 
 ``image_uri`` is resolved against the manifest's directory); any other directory as image
 folders. Either way :func:`list_catalogue` returns one row per item with at least ``item_id``,
 ``image_uri`` (absolute), ``category`` and ``content_sha256`` (null where the source does not
-carry it), followed by the manifest's other columns.
+carry it), followed by the manifest's other columns. Nested image folders (``category_level=2``,
+the product-search thesis's layout) add a ``sub_category`` column; a manifest carries one as
+any other column.
 
 Every ``image_uri`` must lie under :func:`catalogue_roots`: the catalogue's own root (the
 manifest's directory, or the image folders' directory) plus prefixes named in config. The rule
@@ -43,6 +46,8 @@ MANIFEST_FILE = "manifest.parquet"
 MANIFEST_NAMES = ("manifest.parquet", "manifest.csv", "manifest.jsonl", "manifest.ndjson", "manifest.json")
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson", ".json")
 CORE_COLUMNS = ("item_id", "image_uri", "category", "content_sha256")
+SUB_CATEGORY = "sub_category"  # nested folders' second level; a manifest may carry it too
+CATEGORY_LEVELS = (1, 2)  # folder levels above an image: <category>/ or <category>/<sub-category>/
 REFUSED = "refused_reason"  # list_catalogue(keep_refused=True): why a row's image may not be read
 
 # Item ids name files (``<item_id>.<ext>``) and travel into URLs: no separators, no traversal.
@@ -219,7 +224,7 @@ def content_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def list_catalogue(uri: str, *, allowed_prefixes=(), keep_refused: bool = False) -> pa.Table:
+def list_catalogue(uri: str, *, allowed_prefixes=(), keep_refused: bool = False, category_level: int = 1) -> pa.Table:
     """Every item of the catalogue at ``uri`` (manifest or image folders), checked.
 
     Raises :class:`CatalogueError` for a missing or empty source, missing columns, invalid or
@@ -230,13 +235,19 @@ def list_catalogue(uri: str, *, allowed_prefixes=(), keep_refused: bool = False)
     ``allowed_prefixes``). By default one that does not raises; with ``keep_refused`` every row
     is returned and a last column ``refused_reason`` says why a row may not be read (null when
     it may): the embedding job turns those rows into rows of its errors table.
+
+    ``category_level`` (image folders only): 1 reads ``<category>/<item_id>.<ext>``, 2 reads
+    ``<category>/<sub-category>/<item_id>.<ext>`` into ``category`` and ``sub_category``; files
+    at any other depth are skipped.
     """
+    if category_level not in CATEGORY_LEVELS:
+        raise CatalogueError(f"category_level {category_level!r}: valid are {', '.join(map(str, CATEGORY_LEVELS))}")
     uri = str(uri).rstrip("/") if storage.is_remote(str(uri)) else str(uri)
     manifest = find_manifest(uri)
     if manifest:
         table, kind, source = read_manifest(manifest, allowed_prefixes=allowed_prefixes), "manifest", manifest
     elif storage.is_dir(uri):
-        table, kind, source = _list_folders(uri), "folders", uri
+        table, kind, source = _list_folders(uri, category_level), "folders", uri
         # Listed under the root by construction; refusals() still catches symlinks out of it.
         table = table.append_column(REFUSED, refusals(table.column("image_uri"),
                                                       catalogue_roots(uri, allowed_prefixes)))
@@ -409,14 +420,15 @@ def _resolve_image_uri(base: str, image_uri: str) -> str:
     return os.path.normpath(os.path.join(base, image_uri))
 
 
-def _list_folders(uri: str) -> pa.Table:
+def _list_folders(uri: str, category_level: int = 1) -> pa.Table:
     fs, root = storage.resolve(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     except OSError as exc:
         raise CatalogueError(f"cannot list catalogue {uri}: {exc}") from exc
     prefix = root.rstrip("/") + "/"
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, str, str, str | None]] = []
+    depth = category_level + 1
     skipped = 0
     for info in infos:
         if info.type != pafs.FileType.File:
@@ -424,19 +436,23 @@ def _list_folders(uri: str) -> pa.Table:
         rel = info.path[len(prefix):] if info.path.startswith(prefix) else info.path
         parts = rel.split("/")
         stem, ext = os.path.splitext(parts[-1])
-        if len(parts) != 2 or ext.lower() not in IMAGE_EXTENSIONS or any(p.startswith(".") for p in parts):
+        if len(parts) != depth or ext.lower() not in IMAGE_EXTENSIONS or any(p.startswith(".") for p in parts):
             skipped += len(parts) != 1  # top-level files (a README, a manifest) are expected
             continue
-        rows.append((stem, storage.join(uri, parts[0], parts[1]), parts[0]))
+        rows.append((stem, storage.join(uri, *parts), parts[0], parts[1] if depth == 3 else None))
     if skipped:
-        log.info("catalogue %s: ignored %d file(s) that are not <category>/<item_id>.<image ext>", uri, skipped)
+        log.info("catalogue %s: ignored %d file(s) that are not <category>/%s<item_id>.<image ext>", uri, skipped,
+                 "<sub-category>/" if depth == 3 else "")
     rows.sort(key=lambda r: (r[2], r[0]))
-    return pa.table({
+    columns = {
         "item_id": pa.array([r[0] for r in rows], pa.string()),
         "image_uri": pa.array([r[1] for r in rows], pa.string()),
         "category": pa.array([r[2] for r in rows], pa.string()),
         "content_sha256": pa.nulls(len(rows), pa.string()),
-    })
+    }
+    if depth == 3:
+        columns[SUB_CATEGORY] = pa.array([r[3] for r in rows], pa.string())
+    return pa.table(columns)
 
 
 def _check_ids(table: pa.Table, source: str) -> None:

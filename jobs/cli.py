@@ -24,7 +24,7 @@ COMMANDS = {
     "models": ("jobs.list_models", "list the model architectures; list-artifacts, promote, rollback models/LATEST"),
     "tune": ("jobs.tune_grid", "run a Ray Tune grid, report and export the best model"),
     "evaluate": ("jobs.evaluate_model", "reload a model artifact and reproduce its test metrics"),
-    "export-catalogue": ("jobs.export_catalogue", "write Fashion-MNIST as an image catalogue (PNG + manifest)"),
+    "export-catalogue": ("jobs.export_catalogue", "write Fashion-MNIST as an image catalogue (tile PNGs or photo-style JPEGs + manifest)"),
     "embed": ("jobs.embed_catalogue", "embed a catalogue with Ray Data into Parquet (incremental)"),
     "build-index": ("jobs.build_index", "build and publish the HNSW index of an embeddings run"),
     "evaluate-search": ("jobs.evaluate_search", "retrieval mAP / precision@10 and HNSW recall"),

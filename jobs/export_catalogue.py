@@ -1,9 +1,11 @@
-"""Write Fashion-MNIST as an image catalogue: PNG files in category folders plus a manifest.
+"""Write Fashion-MNIST as an image catalogue: image files in category folders plus a manifest.
 
     vitrine export-catalogue --dataset fashion-mnist --split train --out .vitrine/catalogues/fashion-mnist-train \\
         --data ../shared/datasets/fashion-mnist
     vitrine export-catalogue --split test --out s3://bucket/catalogues/fashion-mnist-test --limit 1000
     python -m jobs.export_catalogue --split train --out /tmp/catalogue --data ../shared/datasets/fashion-mnist
+    vitrine export-catalogue --style photo --size 128 --seed 0 --split test    # RGB JPEG product photos
+    vitrine export-catalogue --style photo --layout nested --split train      # <category>/<sub-category>/<image>
 
 Layout: ``<out>/<category-slug>/<split>-<index:06d>.png`` (``t-shirt-top/train-000123.png``) and
 ``<out>/manifest.parquet`` (item_id, image_uri relative to ``<out>``, category = the class name,
@@ -11,6 +13,16 @@ label, content_sha256), written last. ``--out`` defaults to
 ``<storage>/catalogues/fashion-mnist-<split>``. Re-running is idempotent: files whose bytes are
 already in place are not rewritten, and items a previous export listed but this one does not are
 removed, so the folders and the manifest always describe the same catalogue.
+
+``--style photo`` renders each item as an RGB JPEG product photo (:mod:`artifacts.photo_style`,
+recipe in its docstring and docs/PHOTOS.md) of ``--size`` pixels: ``<slug>/<split>-<index>.jpg``.
+Item ``i`` of a split draws from ``default_rng([seed, split, i])``, so any item can be rendered
+alone, in any order or process, and a re-export writes the same bytes. ``--layout nested``
+(photo style only) writes ``<slug>/<sub-category>/<split>-<index>.jpg`` with a ``sub_category``
+manifest column. That sub-category is synthetic: the photo's background kind (``white``,
+``light``, ``light-colour``, ``saturated``, ``dark``, see ``photo_style.BACKGROUND_KINDS``) — a
+stand-in for the thesis's 42 product sub-categories, for exercising the nested layout, not a
+property of the garment. The manifest's schema metadata records the style, size and seed.
 """
 
 from __future__ import annotations
@@ -33,6 +45,8 @@ log = logging.getLogger("vitrine.export")
 
 DATASETS = ("fashion-mnist",)
 SPLITS = ("train", "test")
+STYLES = ("tile", "photo")
+LAYOUTS = ("flat", "nested")
 CHUNK = 1000
 
 
@@ -45,6 +59,10 @@ class ExportConfig:
     data: str = ""  # Fashion-MNIST directory or s3:// prefix; default $FASHION_MNIST_DIR
     limit: int = 0  # export the first N images only; 0 = all
     workers: int = 0  # encode/write threads; 0 = 2 per CPU
+    style: str = "tile"  # tile: the 28x28 gray PNG as stored; photo: an RGB JPEG product photo
+    size: int = 128  # photo side in pixels (style photo)
+    seed: int = 0  # photo style: item i of a split is rendered from default_rng([seed, split, i])
+    layout: str = "flat"  # flat: <category>/<image>; nested: <category>/<sub-category>/<image> (photo)
 
 
 @dataclass
@@ -75,6 +93,16 @@ def encode_png(pixels) -> bytes:
     return buf.getvalue()
 
 
+def photo_item(tile, seed: int, split: str, index: int, size: int) -> tuple[bytes, str]:
+    """Item ``index`` of ``split`` as a photo: ``(JPEG bytes, background kind)``, from its own seed."""
+    import numpy as np
+
+    from artifacts import photo_style
+
+    params = photo_style.sample_params(np.random.default_rng([seed, SPLITS.index(split), index]), size=size)
+    return photo_style.encode_jpeg(photo_style.render(tile, params), params.jpeg_quality), params.background_kind
+
+
 def run(config: ExportConfig) -> ExportResult:
     """Export ``config.split`` of the dataset as a catalogue under ``config.out``."""
     import numpy as np
@@ -87,6 +115,16 @@ def run(config: ExportConfig) -> ExportResult:
         raise ValueError(f"unknown dataset {config.dataset!r}; valid: {', '.join(DATASETS)}")
     if config.split not in SPLITS:
         raise ValueError(f"unknown split {config.split!r}; valid: {', '.join(SPLITS)}")
+    if config.style not in STYLES:
+        raise ValueError(f"unknown style {config.style!r}; valid: {', '.join(STYLES)}")
+    if config.layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {config.layout!r}; valid: {', '.join(LAYOUTS)}")
+    if config.layout == "nested" and config.style != "photo":
+        raise ValueError("layout nested needs --style photo (its sub-category is the photo's background kind)")
+    if config.style == "photo" and not 16 <= config.size <= 1024:
+        raise ValueError(f"photo size {config.size} must be within 16..1024")
+    if config.seed < 0:
+        raise ValueError(f"seed {config.seed} must be >= 0")
     start = time.perf_counter()
     out = config.out or storage.join(config.storage or storage.default_root(), "catalogues",
                                      f"{config.dataset}-{config.split}")
@@ -98,24 +136,36 @@ def run(config: ExportConfig) -> ExportResult:
     if len(set(slugs)) != len(slugs):
         raise ValueError(f"class names {data.class_names} do not give distinct folder names")
     ids = [f"{config.split}-{i:06d}" for i in range(n)]
-    rel = [f"{slugs[int(labels[i])]}/{ids[i]}.png" for i in range(n)]
+    photo = config.style == "photo"
+    nested = config.layout == "nested"
+    ext = "jpg" if photo else "png"
+    if nested:
+        # The sub-category folder is known only once an item's parameters are drawn, which is cheap.
+        from artifacts import photo_style
+
+        subs = [photo_style.sample_params(np.random.default_rng([config.seed, SPLITS.index(config.split), i]),
+                                          size=config.size).background_kind for i in range(n)]
+        rel = [f"{slugs[int(labels[i])]}/{subs[i]}/{ids[i]}.{ext}" for i in range(n)]
+    else:
+        rel = [f"{slugs[int(labels[i])]}/{ids[i]}.{ext}" for i in range(n)]
 
     manifest_uri = storage.join(out, catalogue.MANIFEST_FILE)
     previous = _previous_export(manifest_uri)
     existing = _existing_sizes(out)
     sink = _Sink(out)
-    for slug in sorted({r.split("/", 1)[0] for r in rel}):
-        sink.make_dir(slug)
+    for folder in sorted({r.rsplit("/", 1)[0] for r in rel}):
+        sink.make_dir(folder)
 
     def export_chunk(lo: int) -> list[tuple[str, bool]]:
         done = []
         for i in range(lo, min(lo + CHUNK, n)):
-            png = encode_png(images[i])
-            digest = catalogue.content_sha256(png)
-            if previous.get(ids[i]) == (rel[i], digest) and existing.get(rel[i]) == len(png):
+            data = (photo_item(images[i], config.seed, config.split, i, config.size)[0] if photo
+                    else encode_png(images[i]))
+            digest = catalogue.content_sha256(data)
+            if previous.get(ids[i]) == (rel[i], digest) and existing.get(rel[i]) == len(data):
                 done.append((digest, False))
             else:
-                sink.put(rel[i], png)
+                sink.put(rel[i], data)
                 done.append((digest, True))
         return done
 
@@ -128,13 +178,20 @@ def run(config: ExportConfig) -> ExportResult:
             if (k + 1) % 10 == 0:
                 log.info("exported %d/%d images", len(hashes), n)
 
-    table = pa.table({
+    columns = {
         "item_id": pa.array(ids, pa.string()),
         "image_uri": pa.array(rel, pa.string()),
         "category": pa.array([data.class_names[int(c)] for c in labels[:n]], pa.string()),
         "label": pa.array(np.asarray(labels[:n], dtype=np.int64)),
         "content_sha256": pa.array(hashes, pa.string()),
-    })
+    }
+    if nested:
+        columns["sub_category"] = pa.array(subs, pa.string())
+    table = pa.table(columns)
+    if photo:
+        table = table.replace_schema_metadata({"vitrine.export.style": "photo", "vitrine.export.size": str(config.size),
+                                               "vitrine.export.seed": str(config.seed),
+                                               "vitrine.export.layout": config.layout})
     catalogue.write_manifest(table, manifest_uri)
     # Only after the new manifest is in place: files the old one listed and this one does not.
     stale = sorted({r for r, _ in previous.values()} - set(rel))
@@ -222,6 +279,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--data", help="Fashion-MNIST directory or s3:// prefix (default $FASHION_MNIST_DIR)")
     p.add_argument("--limit", type=int, help="export only the first N images")
     p.add_argument("--workers", type=int, help="encode/write threads (default 2 per CPU)")
+    p.add_argument("--style", choices=STYLES, help="tile: 28x28 gray PNG (default); photo: RGB JPEG product photo")
+    p.add_argument("--size", type=int, help="photo side in pixels (default 128)")
+    p.add_argument("--seed", type=int, help="photo style: the seed every item's photo is derived from (default 0)")
+    p.add_argument("--layout", choices=LAYOUTS,
+                   help="flat: <category>/<image> (default); nested: <category>/<sub-category>/<image> (photo style)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
@@ -233,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config = load_config(ExportConfig, values={"dataset": args.dataset, "split": args.split, "out": args.out,
                                                "storage": args.storage, "data": args.data, "limit": args.limit,
-                                               "workers": args.workers})
+                                               "workers": args.workers, "style": args.style, "size": args.size,
+                                               "seed": args.seed, "layout": args.layout})
     result = run(config)
     if args.json:
         print(json.dumps(result.__dict__, indent=2))
