@@ -26,7 +26,8 @@ def evaluate_artifact(model_uri: str, data_source: str | None = None) -> dict:
     name = card.dataset.get("name", "fashion-mnist")
     source = data_source or (card.dataset.get("source") if name == "image-folder" else None)
     ds = load_splits(name, source, spec=card.preprocess_spec, seed=int(card.dataset.get("seed", 0)),
-                     validation_fraction=float(card.dataset.get("validation_fraction", 0.1)))
+                     validation_fraction=float(card.dataset.get("validation_fraction", 0.1)),
+                     category_level=int(card.dataset.get("category_level", 1)))
     if list(card.class_names) != list(ds.class_names):
         raise ValueError(f"model classes {card.class_names} differ from the dataset's {ds.class_names}")
     metrics = evaluate(loaded.model, card.preprocess_spec, ds.test_x, ds.test_y, ds.class_names)

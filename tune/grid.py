@@ -267,7 +267,8 @@ def _add_test_accuracy(config: GridConfig, results, leaderboard: list[dict]) -> 
         if row is None or result.checkpoint is None:
             continue
         train_cfg = load_config(TrainConfig, values=result.config["trial"]["train"])
-        key = (train_cfg.dataset, train_cfg.seed, train_cfg.validation_fraction, train_cfg.max_per_class,
+        key = (train_cfg.dataset, train_cfg.category_level, train_cfg.seed, train_cfg.validation_fraction,
+               train_cfg.max_per_class,
                tuple(train_cfg.model_options.get("input_shape") or ()), train_cfg.architecture
                if train_cfg.dataset == "image-folder" else "")
         if key not in splits:

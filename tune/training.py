@@ -35,6 +35,7 @@ class TrainConfig:
     architecture: str = "vitrine_cnn"
     model_options: dict = field(default_factory=dict)
     dataset: str = "fashion-mnist"  # or image-folder (then --data is <root>/<category>/<image>)
+    category_level: int = 1  # image-folder: 2 reads <root>/<category>/<sub-category>/<image>, label = category
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     momentum: float = 0.9  # SGD only
@@ -98,7 +99,8 @@ def input_spec(config: TrainConfig) -> PreprocessSpec:
 def prepare_data(config: TrainConfig, source: str | None = None) -> Splits:
     """The configured dataset's train / validation / test splits (seeded, stratified)."""
     return load_splits(config.dataset, source, spec=input_spec(config), seed=config.seed,
-                       validation_fraction=config.validation_fraction, max_per_class=config.max_per_class)
+                       validation_fraction=config.validation_fraction, max_per_class=config.max_per_class,
+                       category_level=config.category_level)
 
 
 def make_optimizer(name: str, learning_rate, momentum: float = 0.9):

@@ -1,6 +1,8 @@
 """Folder-per-category image catalogues: ``<root>/<category>/<item_id>.<ext>``, local or ``s3://``.
 
-The layout the published visual-search system trained on. Images of any format, size and mode
+The layout the published visual-search system trained on; its thesis nests one more level,
+``<root>/<category>/<sub-category>/<item_id>.<ext>`` (``category_level=2``): the label is the
+category, the sub-category is kept per image. Images of any format, size and mode
 go through the shared preprocessing function, so training sees exactly what serving will. An
 unreadable image is skipped and reported with its reason, never fatal.
 """
@@ -29,32 +31,44 @@ class ImageFolder:
     item_ids: list[str]
     uris: list[str]
     errors: list[dict] = field(default_factory=list)  # {"image_uri", "reason"}
+    sub_categories: list[str | None] = field(default_factory=list)  # per image; None in flat folders
 
 
-def list_image_folder(root: str) -> list[tuple[str, str, str]]:
-    """``(category, item_id, uri)`` for every image file, categories sorted by name."""
+def list_image_folder(root: str, category_level: int = 1) -> list[tuple[str, str, str, str | None]]:
+    """``(category, item_id, uri, sub_category)`` for every image file, categories sorted by name;
+    ``category_level`` 2 reads ``<category>/<sub-category>/<image>`` (sub_category None at 1)."""
+    if category_level not in (1, 2):
+        raise ValueError(f"category_level {category_level!r}: valid are 1 (<category>/<image>) and 2 "
+                         f"(<category>/<sub-category>/<image>)")
     entries = []
     for category in storage.list_dir(root):
         cat_uri = storage.join(root, category)
         if not storage.is_dir(cat_uri) or category.startswith("."):
             continue
-        for name in storage.list_dir(cat_uri):
-            stem, ext = os.path.splitext(name)
-            if ext.lower() in IMAGE_EXTENSIONS:
-                entries.append((category, stem, storage.join(cat_uri, name)))
+        folders = [(cat_uri, None)]
+        if category_level == 2:
+            folders = [(storage.join(cat_uri, sub), sub) for sub in storage.list_dir(cat_uri)
+                       if not sub.startswith(".") and storage.is_dir(storage.join(cat_uri, sub))]
+        for folder, sub in folders:
+            for name in storage.list_dir(folder):
+                stem, ext = os.path.splitext(name)
+                if ext.lower() in IMAGE_EXTENSIONS:
+                    entries.append((category, stem, storage.join(folder, name), sub))
     return entries
 
 
-def load_image_folder(root: str, spec: PreprocessSpec, *, max_per_class: int = 0) -> ImageFolder:
+def load_image_folder(root: str, spec: PreprocessSpec, *, max_per_class: int = 0,
+                      category_level: int = 1) -> ImageFolder:
     """Decode and preprocess a folder-per-category catalogue into arrays for training."""
-    entries = list_image_folder(root)
-    class_names = sorted({c for c, _, _ in entries})
+    entries = list_image_folder(root, category_level)
+    class_names = sorted({e[0] for e in entries})
     if not class_names:
-        raise FileNotFoundError(f"{root}: no <category>/<image> files found ({', '.join(IMAGE_EXTENSIONS)})")
+        layout = "<category>/<sub-category>/<image>" if category_level == 2 else "<category>/<image>"
+        raise FileNotFoundError(f"{root}: no {layout} files found ({', '.join(IMAGE_EXTENSIONS)})")
     index = {c: i for i, c in enumerate(class_names)}
-    images, labels, ids, uris, errors = [], [], [], [], []
+    images, labels, ids, uris, errors, subs = [], [], [], [], [], []
     taken: dict[str, int] = {}
-    for category, item_id, uri in entries:
+    for category, item_id, uri, sub in entries:
         if max_per_class and taken.get(category, 0) >= max_per_class:
             continue
         try:
@@ -69,10 +83,12 @@ def load_image_folder(root: str, spec: PreprocessSpec, *, max_per_class: int = 0
         labels.append(index[category])
         ids.append(item_id)
         uris.append(uri)
+        subs.append(sub)
         taken[category] = taken.get(category, 0) + 1
     if errors:
         log.warning("%s: skipped %d unreadable images (first: %s: %s)", root, len(errors),
                     errors[0]["image_uri"], errors[0]["reason"])
     if not images:
         raise ValueError(f"{root}: none of the {len(entries)} images could be read")
-    return ImageFolder(np.stack(images), np.asarray(labels, dtype=np.int64), class_names, ids, uris, errors)
+    return ImageFolder(np.stack(images), np.asarray(labels, dtype=np.int64), class_names, ids, uris, errors,
+                       sub_categories=subs)
