@@ -93,7 +93,7 @@ def input_spec(config: TrainConfig) -> PreprocessSpec:
     from .models import get_model_info
 
     shape = config.model_options.get("input_shape") or get_model_info(config.architecture).input_shape
-    return PreprocessSpec.for_input_shape(shape)
+    return PreprocessSpec.for_input_shape(shape, canonical=True)
 
 
 def prepare_data(config: TrainConfig, source: str | None = None) -> Splits:
@@ -118,7 +118,10 @@ def make_optimizer(name: str, learning_rate, momentum: float = 0.9):
 
 
 def preprocess_spec_for(model) -> PreprocessSpec:
-    return PreprocessSpec.for_input_shape(model.input_shape[1:])
+    """The spec a model trained by this code declares: the canonical input (background from the
+    border, crop, pad, stretch; artifacts/preprocess.py), recorded in its card. Models exported
+    before it keep theirs: their cards lack the canonical fields, which default to off."""
+    return PreprocessSpec.for_input_shape(model.input_shape[1:], canonical=True)
 
 
 def predict_proba(model, images: np.ndarray, spec: PreprocessSpec, batch_size: int = 512) -> np.ndarray:

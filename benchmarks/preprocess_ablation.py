@@ -1,0 +1,138 @@
+"""Which canonical-input step buys what: top-1 of trained 28×28 models on Fashion-MNIST test tiles
+and on photo-style renders of test tiles, for each cumulative preprocessing variant.
+
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/preprocess_ablation.py \\
+        --model old=/path/best.keras --model canonical=/path/other.keras [--photos 2000] [--seed 0]
+    ... --markdown docs/RESULTS.md   # replace the table between the ablation markers there
+
+The variants are PreprocessSpec switches (artifacts/preprocess.py), each adding one step to the
+one before: ``old`` (invert a light border, the pre-canonical pipeline), ``+background`` (border
+median as background; the model sees the distance from it, which has no polarity), ``+crop``
+(object box with a margin, stretched to the input), ``+pad`` (padded to a square instead),
+``+stretch`` (maximum of the resized map = 1.0), ``+gradient`` (a plane through the sides'
+medians where it fits the border better: ``PreprocessSpec.canonical()``), and one alternative,
+``stretch p99`` (the 99th percentile = 1.0 instead of the maximum).
+
+Photos: ``--photos`` test tiles drawn with ``--seed`` (a seeded permutation of the test split),
+each rendered by ``artifacts.photo_style.photo_jpeg`` with one ``numpy.random.default_rng(seed)``
+in that order, and read back through ``preprocess_bytes`` (the service's path: JPEG draft decode,
+then the spec). The models are not retrained per variant; a model trained on one pipeline is
+measured on all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from artifacts.preprocess import PreprocessSpec, arrays_to_model_input, preprocess_bytes  # noqa: E402
+
+BEGIN, END = "<!-- preprocess_ablation:begin -->", "<!-- preprocess_ablation:end -->"
+
+_MAP = dict(foreground_map=True)
+VARIANTS: list[tuple[str, PreprocessSpec]] = [
+    ("old (invert a light border)", PreprocessSpec()),
+    ("+ background from border median, polarity-free map", PreprocessSpec(**_MAP)),
+    ("+ crop to the object (stretched to 28×28)", PreprocessSpec(**_MAP, crop=True)),
+    ("+ pad to a square", PreprocessSpec(**_MAP, crop=True, pad_square=True)),
+    ("+ contrast stretch (max = 1)", PreprocessSpec(**_MAP, crop=True, pad_square=True, stretch_percentile=100.0)),
+    ("+ gradient background = canonical()", PreprocessSpec.canonical()),
+    ("canonical, stretch p99 = 1 instead of max", PreprocessSpec.canonical(stretch_percentile=99.0)),
+]
+
+
+def photo_set(test_x: np.ndarray, test_y: np.ndarray, n: int, seed: int) -> tuple[list[bytes], np.ndarray]:
+    from artifacts.photo_style import photo_jpeg
+
+    pick = np.random.default_rng(seed).permutation(len(test_y))[:n]
+    rng = np.random.default_rng(seed)
+    return [photo_jpeg(test_x[i], rng) for i in pick], test_y[pick]
+
+
+def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    return float((model.predict(x, batch_size=512, verbose=0).argmax(axis=1) == y).mean())
+
+
+def run(models: dict[str, str], *, photos: int = 2000, seed: int = 0, data: str | None = None) -> dict:
+    import keras
+
+    from tune.data import fashion_mnist
+
+    ds = fashion_mnist.load(data or os.environ.get("FASHION_MNIST_DIR"))
+    started = time.time()
+    jpegs, photo_y = photo_set(ds.test_images, ds.test_labels, photos, seed)
+    render_s = time.time() - started
+    loaded = {name: keras.models.load_model(path, compile=False) for name, path in models.items()}
+    old_tiles = arrays_to_model_input(ds.test_images, PreprocessSpec())
+    rows = []
+    for label, spec in VARIANTS:
+        t0 = time.time()
+        tiles = arrays_to_model_input(ds.test_images, spec)
+        tiles_s = time.time() - t0
+        t0 = time.time()
+        photo_x = np.stack([preprocess_bytes(b, spec) for b in jpegs])
+        photo_s = time.time() - t0
+        row = {"variant": label, "spec": spec.to_dict(),
+               "tiles_mean_abs_diff_vs_old": float(np.abs(tiles - old_tiles).mean()),
+               "tiles_seconds": round(tiles_s, 3), "photo_ms_per_image": round(1000 * photo_s / max(1, photos), 3)}
+        for name, model in loaded.items():
+            row[f"{name}_tiles"] = accuracy(model, tiles, ds.test_labels)
+            row[f"{name}_photos"] = accuracy(model, photo_x, photo_y)
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "spec"}), flush=True)
+    return {"models": models, "photos": photos, "seed": seed, "test_tiles": int(len(ds.test_labels)),
+            "render_seconds": round(render_s, 1), "rows": rows}
+
+
+def markdown(result: dict, command: str) -> str:
+    names = list(result["models"])
+    head = "| Preprocessing | " + " | ".join(f"{n}: tiles | {n}: photos" for n in names) + " | tiles Δ vs old |"
+    lines = [f"{BEGIN}", f"Command: `{command}`", "",
+             head, "|:--|" + "--:|--:|" * len(names) + "--:|"]
+    for r in result["rows"]:
+        cells = " | ".join(f"{100 * r[f'{n}_tiles']:.2f}% | {100 * r[f'{n}_photos']:.2f}%" for n in names)
+        lines.append(f"| {r['variant']} | {cells} | {r['tiles_mean_abs_diff_vs_old']:.5f} |")
+    lines += ["", f"Tiles: the {result['test_tiles']:,} test tiles; photos: {result['photos']:,} test tiles "
+              f"rendered by `photo_jpeg` (seed {result['seed']}). \"tiles Δ vs old\" is the mean absolute "
+              "difference of the tile inputs from the old pipeline's (inputs in [0, 1]).", END]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", required=True, help="NAME=PATH to a .keras model (repeatable)")
+    p.add_argument("--photos", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="Fashion-MNIST directory (default $FASHION_MNIST_DIR)")
+    p.add_argument("--json", default=None, help="write the full result here")
+    p.add_argument("--markdown", default=None, help="replace the table between the ablation markers in this file")
+    args = p.parse_args(argv)
+    models = dict(m.split("=", 1) for m in args.model)
+    result = run(models, photos=args.photos, seed=args.seed, data=args.data)
+    table = markdown(result, "benchmarks/preprocess_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.markdown:
+        path = Path(args.markdown)
+        text = path.read_text()
+        if BEGIN in text and END in text:
+            text = text[:text.index(BEGIN)] + table + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip("\n") + "\n\n" + table + "\n"
+        path.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
