@@ -28,7 +28,8 @@ ERRORS_DIR = "errors"
 # run that carries 60k rows over writes them in 0.11 s instead of 0.26 s, and every reader (index
 # build, the next night) reads them in 0.10 s instead of 0.17 s (benchmarks/embed_parts.py).
 # Dictionaries only where values repeat.
-PARQUET_OPTIONS = {"compression": {"embedding": "none"}, "use_dictionary": ["category", "predicted_category", "model_id"]}
+PARQUET_OPTIONS = {"compression": {"embedding": "none"},
+                   "use_dictionary": ["category", "sub_category", "predicted_category", "model_id"]}
 
 
 def embeddings_schema(dim: int) -> pa.Schema:
@@ -36,6 +37,9 @@ def embeddings_schema(dim: int) -> pa.Schema:
     return pa.schema([
         pa.field("item_id", pa.string(), nullable=False),
         pa.field("category", pa.string()),  # the catalogue's own category, if it has one
+        # Nested catalogues' second level (<category>/<sub-category>/<image>, or a manifest column);
+        # null otherwise. Runs written before it read back with nulls here.
+        pa.field("sub_category", pa.string()),
         pa.field("image_uri", pa.string(), nullable=False),
         pa.field("content_sha256", pa.string(), nullable=False),
         pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),

@@ -8,6 +8,7 @@
     vitrine embed --catalogue ... --run-id nightly-20261128 --config embed.yaml
     vitrine embed --catalogue ... --smoke-test            # 64 items through the whole Ray Data path
     vitrine embed --catalogue ... --set service_url=http://127.0.0.1:8000   # small increments via the service
+    vitrine embed --catalogue shop/ --category-level 2    # <category>/<sub-category>/<image> folders
     ray job submit --working-dir . -- python -m jobs.embed_catalogue --catalogue s3://... \\
         --model s3://bucket/vitrine/models --out s3://bucket/vitrine
 
@@ -61,7 +62,7 @@ log = logging.getLogger("vitrine.embed")
 
 DEFAULT_CATALOGUE = ("catalogues", "fashion-mnist-train")  # under the storage root
 COUNT_KEYS = ("total", "new", "changed", "unchanged", "retried", "removed", "failed", "embedded")
-_ITEM_COLUMNS = ("item_id", "image_uri", "category", "content_sha256")
+_ITEM_COLUMNS = ("item_id", "image_uri", "category", "sub_category", "content_sha256")
 # The storage settings Ray workers need to reach the same object store as this process.
 STORAGE_ENV_VARS = ("AWS_ENDPOINT_URL", "VITRINE_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                     "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
@@ -115,6 +116,9 @@ class EmbedConfig:
     # Prefixes (s3://bucket/images, /mnt/photos) whose images a catalogue may name besides its own
     # root; anything else is refused into errors/. Empty: the catalogue's own root only.
     allowed_image_prefixes: tuple[str, ...] = ()
+    # Image folders: 1 = <category>/<image>; 2 = <category>/<sub-category>/<image>, the sub-category
+    # travels into the rows (a manifest's sub_category column does at either level).
+    category_level: int = 1
 
 
 @dataclass
@@ -192,7 +196,13 @@ def run(config: EmbedConfig) -> EmbedResult:
         storage.delete_dir(run_uri)
 
     listed = catalogue.list_catalogue(config.catalogue, allowed_prefixes=config.allowed_image_prefixes,
-                                      keep_refused=True).select([*_ITEM_COLUMNS, catalogue.REFUSED])
+                                      keep_refused=True, category_level=config.category_level)
+    if catalogue.SUB_CATEGORY not in listed.column_names:
+        listed = listed.append_column(catalogue.SUB_CATEGORY, pa.nulls(listed.num_rows, pa.string()))
+    elif not pa.types.is_string(listed.schema.field(catalogue.SUB_CATEGORY).type):
+        listed = listed.set_column(listed.schema.get_field_index(catalogue.SUB_CATEGORY), catalogue.SUB_CATEGORY,
+                                   listed.column(catalogue.SUB_CATEGORY).cast(pa.string()))
+    listed = listed.select([*_ITEM_COLUMNS, catalogue.REFUSED])
     if config.limit > 0:
         listed = listed.slice(0, config.limit)
     total = listed.num_rows
@@ -321,8 +331,9 @@ def _plan(items, previous, schema, listed=None) -> _Plan:
                                 False))
     carried = previous.take(pc.filter(pos, same))
     current = items.filter(same)
-    i = carried.schema.get_field_index("category")
-    carried = carried.set_column(i, carried.schema.field("category"), current.column("category"))
+    for name in ("category", "sub_category"):  # metadata follows the catalogue; the embedding is kept
+        i = carried.schema.get_field_index(name)
+        carried = carried.set_column(i, carried.schema.field(name), current.column(name))
     kept = pc.is_in(previous.column("item_id"), value_set=items.column("item_id") if listed is None else listed)
     removed = previous.num_rows - (pc.sum(kept.cast(pa.int64())).as_py() or 0)
     return _Plan(todo=items.filter(pc.invert(same)), carried=carried, removed=removed)
@@ -557,6 +568,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--full", action="store_true", help="embed everything, ignoring the previous run")
     p.add_argument("--limit", type=int, help="only the first N catalogue items")
     p.add_argument("--smoke-test", action="store_true", help="64 items through the whole Ray Data path")
+    p.add_argument("--category-level", type=int, choices=(1, 2),
+                   help="image folders: 1 = <category>/<image> (default), 2 = <category>/<sub-category>/<image>")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -574,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     config = load_embed_config(args.config, args.overrides, catalogue=args.catalogue, model=args.model,
                                out=args.out or args.storage, run_id=args.run_id, full=args.full or None,
-                               limit=args.limit, smoke_test=args.smoke_test or None, address=args.address)
+                               limit=args.limit, smoke_test=args.smoke_test or None, address=args.address,
+                               category_level=args.category_level)
     try:
         result = run(config)
     except EmbedFailedError as exc:

@@ -46,7 +46,9 @@ def _item_columns(batch, hashes) -> dict:
     """The catalogue columns every stage passes on, with the hashes as verified."""
     import pyarrow as pa
 
-    return {"item_id": batch.column("item_id"), "category": batch.column("category"),
+    sub = (batch.column("sub_category") if "sub_category" in batch.column_names
+           else pa.nulls(batch.num_rows, pa.string()))
+    return {"item_id": batch.column("item_id"), "category": batch.column("category"), "sub_category": sub,
             "image_uri": batch.column("image_uri"), "content_sha256": pa.array(hashes, pa.string())}
 
 

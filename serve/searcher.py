@@ -26,24 +26,27 @@ class CatalogueSearcher:
         self.index_id = manifest.index_id
         self.model_id = manifest.model_id
         self.dim = self.index.dim
-        self._image_uri = self._image_uris(manifest.source_embeddings)
+        self._image_uri, self._sub_category = self._item_locations(manifest.source_embeddings)
         log.info("index %s loaded: %d items, dim %d, %d categories, %.1f s", self.index_id, len(self.index),
                  self.dim, len(self.index.category_names), time.time() - t0)
 
-    def _image_uris(self, run_uri: str) -> dict[str, str]:
-        """item id → image URI, from the embeddings run the index was built from.
+    def _item_locations(self, run_uri: str) -> tuple[dict[str, str], dict[str, str]]:
+        """item id → image URI, and item id → sub-category (only items that have one), from the
+        embeddings run the index was built from.
 
-        Only ids in this map are ever turned into a storage read, so a request cannot name a path.
+        Only ids in the first map are ever turned into a storage read, so a request cannot name a path.
         """
         if not run_uri:
-            return {}
+            return {}, {}
         try:
-            table = embeddings.read_table(run_uri, columns=["item_id", "image_uri"])
+            table = embeddings.read_table(run_uri, columns=["item_id", "image_uri", "sub_category"])
         except Exception as exc:  # images are a convenience; search works without them
             log.warning("index %s: cannot read image locations from %s (%s); item images will 404",
                         self.index_id, run_uri, exc)
-            return {}
-        return dict(zip(table.column("item_id").to_pylist(), table.column("image_uri").to_pylist()))
+            return {}, {}
+        ids = table.column("item_id").to_pylist()
+        subs = {i: s for i, s in zip(ids, table.column("sub_category").to_pylist()) if s is not None}
+        return dict(zip(ids, table.column("image_uri").to_pylist())), subs
 
     @property
     def categories(self) -> list[str]:
@@ -52,8 +55,15 @@ class CatalogueSearcher:
     def search(self, embedding, k: int, category: str | None = None) -> list[dict]:
         """Top-``k`` items for one unit-length embedding, best first; ``category`` None = all."""
         hits = self.index.search(np.asarray(embedding, np.float32)[None, :], k=k, category=category)[0]
-        return [{"item_id": h.item_id, "category": h.category, "distance": round(h.distance, 6),
-                 "similarity": round(100.0 * max(0.0, min(1.0, h.similarity)), 2)} for h in hits]
+        out = []
+        for h in hits:
+            hit = {"item_id": h.item_id, "category": h.category, "distance": round(h.distance, 6),
+                   "similarity": round(100.0 * max(0.0, min(1.0, h.similarity)), 2)}
+            sub = self._sub_category.get(h.item_id)
+            if sub is not None:  # nested catalogues only: flat ones keep their response shape
+                hit["sub_category"] = sub
+            out.append(hit)
+        return out
 
     def image_uri(self, item_id: str) -> str | None:
         return self._image_uri.get(item_id)

@@ -24,6 +24,7 @@ def write_run(root: str, model_id: str, run_id: str, ids, cats, vectors, *, make
     table = pa.table({
         "item_id": pa.array(ids, pa.string()),
         "category": pa.array(cats, pa.string()),
+        "sub_category": pa.nulls(n, pa.string()),
         "image_uri": pa.array([f"catalogue/{c}/{i}.png" for i, c in zip(ids, cats)], pa.string()),
         "content_sha256": pa.array(["0" * 64] * n, pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel(), pa.float32()), dim),

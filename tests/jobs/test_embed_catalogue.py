@@ -461,3 +461,37 @@ def test_ray_data_tasks_get_storage_settings_but_never_keys():
            "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_SESSION_TOKEN": "tok"}
     assert embed_catalogue.worker_storage_env(env) == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
                                                        "AWS_DEFAULT_REGION": "eu-west-1", "AWS_PROFILE": "shop"}
+
+
+def test_sub_categories_of_a_nested_catalogue_travel_into_the_rows_and_the_search_hits(tmp_path, tiny_fashion_mnist,
+                                                                                       models_dir, capsys):
+    from jobs import build_index
+    from jobs.build_index import BuildIndexConfig
+    from serve.searcher import CatalogueSearcher
+
+    cat = tmp_path / "nested"
+    export(ExportConfig(style="photo", layout="nested", size=48, split="test", out=str(cat),
+                        data=str(tiny_fashion_mnist), limit=40))
+    expected = {r["item_id"]: r["sub_category"] for r in pq.read_table(cat / "manifest.parquet").to_pylist()}
+    assert len(set(expected.values())) >= 3
+    root = str(tmp_path / "store")
+    first = run(EmbedConfig(catalogue=str(cat), model=models_dir, out=root, run_id="m1"))  # the manifest's column
+    rows = embeddings.read_table(first.run_uri)
+    assert dict(zip(rows.column("item_id").to_pylist(), rows.column("sub_category").to_pylist())) == expected
+
+    (cat / "manifest.parquet").unlink()  # the folders alone, read with --category-level 2
+    assert cli.main(["embed", "--catalogue", str(cat), "--model", models_dir, "--out", root, "--run-id", "f1",
+                     "--category-level", "2", "--full"]) == 0
+    capsys.readouterr()
+    rows = embeddings.read_table(storage.join(embeddings.model_runs_uri(root, "cnn-test-a"), "f1"))
+    assert dict(zip(rows.column("item_id").to_pylist(), rows.column("sub_category").to_pylist())) == expected
+    again = run(EmbedConfig(catalogue=str(cat), model=models_dir, out=root, run_id="f2", category_level=2))
+    assert again.counts["unchanged"] == 40  # carried over, sub-categories with them
+    rows = embeddings.read_table(again.run_uri)
+    assert dict(zip(rows.column("item_id").to_pylist(), rows.column("sub_category").to_pylist())) == expected
+
+    index = build_index.run(BuildIndexConfig(embeddings=again.run_uri, out=root, recall_queries=20, min_recall=0.0))
+    searcher = CatalogueSearcher(index.index_uri)
+    vector = np.asarray(rows.column("embedding").to_pylist()[0], np.float32)
+    hits = searcher.search(vector, k=5)
+    assert len(hits) == 5 and all(h["sub_category"] == expected[h["item_id"]] for h in hits)

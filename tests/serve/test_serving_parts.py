@@ -133,6 +133,7 @@ def test_searcher_finds_items_and_their_images(serving_store):
     vec = s.index.vectors[7]
     hits = s.search(vec, 5)
     assert hits[0]["item_id"] == str(s.index.item_ids[7]) and hits[0]["similarity"] == pytest.approx(100, abs=0.01)
+    assert all("sub_category" not in h for h in hits)  # a flat catalogue keeps the response shape
     within = s.search(vec, 5, category="Bag")
     assert {h["category"] for h in within} == {"Bag"}
     uri = s.image_uri(hits[0]["item_id"])
