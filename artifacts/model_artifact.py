@@ -54,8 +54,10 @@ def load(uri: str) -> LoadedModel:
     """Load a model directory (or the ``LATEST`` one under a models directory), local or s3://."""
     import keras
 
+    from . import heads
+
     uri = publish.resolve(uri, manifest_name=CARD_FILE)
     card = ModelCard.from_json(storage.read_text(storage.join(uri, CARD_FILE)))
     with storage.local_copy(uri) as local:
-        model = keras.models.load_model(local / MODEL_FILE, compile=False)
+        model = keras.models.load_model(local / MODEL_FILE, compile=False, custom_objects=heads.CUSTOM_OBJECTS)
     return LoadedModel(model=model, card=card, uri=uri)

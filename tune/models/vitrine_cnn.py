@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
+from artifacts.heads import CosineSoftmax
+
 from .registry import EMBEDDING_LAYER, register_model
 
 
@@ -36,6 +38,9 @@ def build(
     convs_per_block: Sequence[int] = (1, 2),
     dense: int = 256,
     dropout: float = 0.4,
+    head: str = "softmax",
+    head_scale: float = 16.0,
+    head_margin: float = 0.2,
 ) -> keras.Model:
     """vitrine's CNN (our design, not from a paper).
 
@@ -49,8 +54,13 @@ def build(
 
     Options: ``width`` (filters of the first block, doubled per block), ``convs_per_block``
     (tuple, convs in each block; its length is the number of blocks), ``dense`` (embedding
-    size), ``dropout`` (rate after the embedding).
+    size), ``dropout`` (rate after the embedding), ``head``: ``softmax`` (a Dense softmax) or
+    ``cosine`` (:class:`artifacts.heads.CosineSoftmax`: classes by cosine to the L2-normalised
+    embedding, trained with the CosFace margin ``head_margin`` at scale ``head_scale``; the
+    embedding then ranks across categories in the geometry search uses).
     """
+    if head not in ("softmax", "cosine"):
+        raise ValueError(f"vitrine_cnn option head must be 'softmax' or 'cosine'; got {head!r}")
     width = _positive_int("width", width)
     dense = _positive_int("dense", dense)
     dropout = _rate("dropout", dropout)
@@ -79,5 +89,8 @@ def build(
     x = layers.BatchNormalization(name="bn_dense")(x)
     x = layers.Activation("relu", name=EMBEDDING_LAYER)(x)
     x = layers.Dropout(dropout, name="dropout_embedding")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    if head == "cosine":
+        outputs = CosineSoftmax(num_classes, scale=head_scale, margin=head_margin, name="predictions")(x)
+    else:
+        outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name="vitrine_cnn")
