@@ -255,6 +255,8 @@ def _add_test_accuracy(config: GridConfig, results, leaderboard: list[dict]) -> 
     """Test metrics of every trial's best checkpoint, by trial id; accuracy goes into the rows."""
     import keras
 
+    from artifacts import heads
+
     from .evaluation import evaluate
     from .training import prepare_data, preprocess_spec_for
 
@@ -275,7 +277,7 @@ def _add_test_accuracy(config: GridConfig, results, leaderboard: list[dict]) -> 
             splits[key] = prepare_data(train_cfg, config.data or None)
         ds = splits[key]
         with result.checkpoint.as_directory() as ckpt:
-            model = keras.models.load_model(Path(ckpt) / BEST, compile=False)
+            model = keras.models.load_model(Path(ckpt) / BEST, compile=False, custom_objects=heads.CUSTOM_OBJECTS)
         tested[row["trial_id"]] = evaluate(model, preprocess_spec_for(model), ds.test_x, ds.test_y, ds.class_names)
         row["test_accuracy"] = tested[row["trial_id"]]["accuracy"]
     return tested
@@ -285,6 +287,8 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
                          test_metrics: dict | None = None) -> tuple[dict, dict, str | None, bool, str]:
     import keras
 
+    from artifacts import heads
+
     from .evaluation import evaluate
     from .training import prepare_data, preprocess_spec_for
 
@@ -293,7 +297,7 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
     train_cfg = load_config(TrainConfig, values=spec_trial["train"])
     ds = prepare_data(train_cfg, config.data or None)  # same seed, same splits as the trial
     with result.checkpoint.as_directory() as ckpt:
-        model = keras.models.load_model(Path(ckpt) / BEST, compile=False)
+        model = keras.models.load_model(Path(ckpt) / BEST, compile=False, custom_objects=heads.CUSTOM_OBJECTS)
     spec = preprocess_spec_for(model)
     if test_metrics is None:  # not already measured by evaluate_all
         test_metrics = evaluate(model, spec, ds.test_x, ds.test_y, ds.class_names)
@@ -314,7 +318,7 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
         input_shape=list(spec.input_shape), preprocessing=spec.to_dict(), embedding_layer=EMBEDDING_LAYER,
         embedding_dim=int(emb.output.shape[-1]), params=int(model.count_params()),
         training_config={**spec_trial["train"], "grid": config.name, "run_id": run_id,
-                         "best_epoch": m.get("best_epoch")},
+                         "best_epoch": m.get("best_epoch"), "objective": heads.objective(model)},
         test_metrics=test_metrics,
         dataset={**ds.describe(), "seed": train_cfg.seed, "validation_fraction": train_cfg.validation_fraction},
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

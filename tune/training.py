@@ -144,6 +144,8 @@ def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
     epoch, once ``workdir`` holds that epoch's checkpoint files."""
     import keras
 
+    from artifacts import heads
+
     from .data.pipeline import make_dataset
     from .models import build_model
 
@@ -156,7 +158,7 @@ def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
     state = _read_state(workdir) if resume else None
     num_classes = len(data.class_names)
     if state and (workdir / LAST).exists():
-        model = keras.models.load_model(workdir / LAST)
+        model = keras.models.load_model(workdir / LAST, custom_objects=heads.CUSTOM_OBJECTS)
         log.info("resuming %s from epoch %d", config.architecture, state["epoch"])
     else:
         state = {"epoch": 0, "history": [], "best_val_accuracy": -1.0, "best_epoch": 0,
@@ -170,7 +172,7 @@ def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
         else:
             raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; valid: cosine, constant")
         model.compile(optimizer=make_optimizer(config.optimizer, lr, config.momentum),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                      loss=heads.loss_for(model), metrics=["accuracy"])
 
     spec = preprocess_spec_for(model)
     train_ds = make_dataset(data.train_x, data.train_y, spec, batch_size=config.batch_size, shuffle=True,
