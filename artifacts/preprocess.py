@@ -5,9 +5,16 @@ A model card carries a :class:`PreprocessSpec`; every consumer turns images into
 with :func:`to_model_input` (one image) or :func:`arrays_to_model_input` (a training batch of
 raw pixel arrays), so the pixels a model sees never depend on which part of the system asked.
 
-Fashion-MNIST is light garments on a black background; shop photos are dark-ish garments on a
-white background. With ``invert_light_background`` a light-bordered image is inverted, so a
-model trained on Fashion-MNIST sees a photo the way it saw its training data.
+Fashion-MNIST is light garments on a black background, each filling its tile; shop photos are
+garments of any colour on white, coloured or dark backgrounds, off-centre, tinted, unevenly lit.
+Two pipelines, chosen by the spec the model card records:
+
+- old (every field at its default, so cards written before the canonical fields existed): a
+  light-bordered image is inverted (``invert_light_background``) and padded to the input size;
+- canonical (``PreprocessSpec.canonical()``, what tune/training.py gives new models): the
+  distance of each pixel from a background estimated on the border, cropped to the object,
+  padded to a square, resized and stretched (:func:`canonicalise`; benchmarks/preprocess_ablation.py
+  measures each step). A Fashion-MNIST tile comes out (nearly) as it went in.
 """
 
 from __future__ import annotations

@@ -2,8 +2,14 @@
 and on photo-style renders of test tiles, for each cumulative preprocessing variant.
 
     TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/preprocess_ablation.py \\
-        --model old=/path/best.keras --model canonical=/path/other.keras [--photos 2000] [--seed 0]
-    ... --markdown docs/RESULTS.md   # replace the table between the ablation markers there
+        --train old --train canonical [--epochs 5] [--photos 2000] [--seed 0] [--workdir DIR]
+    ... --model NAME=/path/best.keras     # measure an already trained 28x28 model instead
+    ... --markdown docs/RESULTS.md        # replace the table between the ablation markers there
+
+``--train old`` / ``--train canonical`` train a quick vitrine_cnn with ``tune.training.train``
+(Adam 1e-3 cosine, batch 128, ``--epochs``, no early stop, seed 0, all training tiles, the
+default threads) on the old (``PreprocessSpec()``) or the canonical pipeline, into
+``--workdir``/NAME (kept: a second run with the same workdir reuses them).
 
 The variants are PreprocessSpec switches (artifacts/preprocess.py), each adding one step to the
 one before: ``old`` (invert a light border, the pre-canonical pipeline), ``+background`` (border
@@ -59,6 +65,22 @@ def photo_set(test_x: np.ndarray, test_y: np.ndarray, n: int, seed: int) -> tupl
     return [photo_jpeg(test_x[i], rng) for i in pick], test_y[pick]
 
 
+PIPELINES = {"old": PreprocessSpec(), "canonical": PreprocessSpec.canonical()}
+
+
+def train_quick(pipeline: str, workdir: Path, *, epochs: int, data: str | None) -> Path:
+    """A quick vitrine_cnn on ``pipeline``'s inputs; returns its best checkpoint."""
+    from tune.training import BEST, TrainConfig, prepare_data, train
+
+    best = workdir / pipeline / BEST
+    if best.exists():
+        return best
+    cfg = TrainConfig(epochs=epochs, early_stopping_patience=0, seed=0)
+    splits = prepare_data(cfg, data or os.environ.get("FASHION_MNIST_DIR"))
+    train(cfg, splits, workdir=workdir / pipeline, resume=False, spec=PIPELINES[pipeline])
+    return best
+
+
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     return float((model.predict(x, batch_size=512, verbose=0).argmax(axis=1) == y).mean())
 
@@ -110,16 +132,24 @@ def markdown(result: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", action="append", required=True, help="NAME=PATH to a .keras model (repeatable)")
+    p.add_argument("--model", action="append", default=[], help="NAME=PATH to a .keras model (repeatable)")
+    p.add_argument("--train", action="append", default=[], choices=sorted(PIPELINES),
+                   help="train a quick model on this pipeline first (repeatable)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--workdir", default=".vitrine/ablation", help="where --train keeps its models")
     p.add_argument("--photos", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="Fashion-MNIST directory (default $FASHION_MNIST_DIR)")
     p.add_argument("--json", default=None, help="write the full result here")
     p.add_argument("--markdown", default=None, help="replace the table between the ablation markers in this file")
     args = p.parse_args(argv)
-    models = dict(m.split("=", 1) for m in args.model)
+    models = {name: str(train_quick(name, Path(args.workdir), epochs=args.epochs, data=args.data))
+              for name in args.train}
+    models.update(m.split("=", 1) for m in args.model)
+    if not models:
+        p.error("nothing to measure: give --train and/or --model")
     result = run(models, photos=args.photos, seed=args.seed, data=args.data)
-    table = markdown(result, "benchmarks/preprocess_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    table = markdown(result, "TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/preprocess_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

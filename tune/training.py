@@ -139,9 +139,12 @@ def _read_state(workdir: Path) -> dict | None:
 
 
 def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
-          on_epoch: Callable[[dict, Path], None] | None = None, resume: bool = True) -> TrainOutcome:
+          on_epoch: Callable[[dict, Path], None] | None = None, resume: bool = True,
+          spec: PreprocessSpec | None = None) -> TrainOutcome:
     """Train one model; see the module docstring. ``on_epoch(metrics, workdir)`` runs after each
-    epoch, once ``workdir`` holds that epoch's checkpoint files."""
+    epoch, once ``workdir`` holds that epoch's checkpoint files. ``spec`` overrides the input
+    pipeline (default :func:`preprocess_spec_for`; benchmarks/preprocess_ablation.py trains an
+    old-pipeline model with ``PreprocessSpec()``)."""
     import keras
 
     from artifacts import heads
@@ -174,7 +177,7 @@ def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
         model.compile(optimizer=make_optimizer(config.optimizer, lr, config.momentum),
                       loss=heads.loss_for(model), metrics=["accuracy"])
 
-    spec = preprocess_spec_for(model)
+    spec = spec or preprocess_spec_for(model)
     train_ds = make_dataset(data.train_x, data.train_y, spec, batch_size=config.batch_size, shuffle=True,
                             seed=config.seed + state["epoch"], augment=config.augmentation)
     val_ds = make_dataset(data.val_x, data.val_y, spec, batch_size=max(config.batch_size, 256))
