@@ -287,3 +287,13 @@ def test_batch_and_single_canonical_paths_agree_on_any_scene(arrs, spec):
     mode = "L" if same.ndim == 3 else "RGB"
     single = np.stack([to_model_input(Image.fromarray(a, mode), spec) for a in same])
     np.testing.assert_array_equal(batch, single)
+
+
+def test_new_models_train_on_and_declare_the_canonical_input():
+    from tune.models import build_model
+    from tune.training import TrainConfig, input_spec, preprocess_spec_for
+
+    assert input_spec(TrainConfig()) == CANON
+    model = build_model("vitrine_cnn", num_classes=10)
+    spec = preprocess_spec_for(model)  # what the grid writes into the model card
+    assert spec == CANON and spec.input_shape == tuple(model.input_shape[1:])
