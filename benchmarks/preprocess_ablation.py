@@ -22,7 +22,9 @@ medians where it fits the border better: ``PreprocessSpec.canonical()``), and on
 Photos: ``--photos`` test tiles drawn with ``--seed`` (a seeded permutation of the test split),
 each rendered by ``artifacts.photo_style.photo_jpeg`` with one ``numpy.random.default_rng(seed)``
 in that order, and read back through ``preprocess_bytes`` (the service's path: JPEG draft decode,
-then the spec). The models are not retrained per variant; a model trained on one pipeline is
+then the spec). Simple photos: the same tiles through this script's own ``simple_photo`` recipe
+(seed + 1), a second renderer, so that no step is judged on one recipe alone (acceptance uses
+a third that is not in this repository). The models are not retrained per variant; a model trained on one pipeline is
 measured on all of them.
 """
 
@@ -81,6 +83,57 @@ def train_quick(pipeline: str, workdir: Path, *, epochs: int, data: str | None) 
     return best
 
 
+def simple_photo(tile: np.ndarray, rng: np.random.Generator, size: int = 128) -> bytes:
+    """A second, simpler photo recipe, independent of artifacts/photo_style.py, so that no
+    threshold is judged on one renderer alone: the tile as the alpha of a contrasting garment
+    colour (its texture kept, not inverted) on a white, light, coloured or dark background, at
+    50-95% of the frame anywhere in it, rotated up to ±10°, half with a ±20% linear gradient,
+    a per-channel tint of ±15%, gaussian noise up to 8/255 and JPEG quality 60-95."""
+    import colorsys
+    import io
+
+    from PIL import Image
+
+    kind = rng.choice(["white", "light", "colour", "dark"])
+    if kind == "white":
+        bg = np.full(3, rng.uniform(0.95, 1.0))
+    elif kind == "light":
+        bg = np.full(3, rng.uniform(0.75, 0.95))
+    elif kind == "colour":
+        bg = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.3, 0.9), rng.uniform(0.4, 1.0)))
+    else:
+        bg = np.full(3, rng.uniform(0.0, 0.2))
+    light_bg = bg.mean() > 0.5
+    value = rng.uniform(0.0, 0.4) if light_bg else rng.uniform(0.7, 1.0)
+    garment = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.8), value))
+    side = int(size * rng.uniform(0.5, 0.95))
+    a = Image.fromarray(tile).resize((side, side), Image.Resampling.BICUBIC).rotate(
+        rng.uniform(-10, 10), resample=Image.Resampling.BICUBIC, expand=True)
+    alpha = np.zeros((size, size), np.float32)
+    ah, aw = a.size[1], a.size[0]
+    y0, x0 = rng.integers(0, max(1, size - ah + 1)), rng.integers(0, max(1, size - aw + 1))
+    alpha[y0:y0 + ah, x0:x0 + aw] = (np.asarray(a, np.float32) / 255.0)[:size - y0, :size - x0]
+    canvas = np.empty((size, size, 3), np.float32)
+    canvas[:] = bg
+    if rng.random() < 0.5:
+        angle = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+        canvas *= (1 + rng.uniform(-0.2, 0.2) * (np.cos(angle) * xx + np.sin(angle) * yy) * 2)[..., None]
+    canvas = canvas * (1 - alpha[..., None]) + garment * alpha[..., None]
+    canvas *= rng.uniform(0.85, 1.15, 3)
+    canvas += rng.normal(0, rng.uniform(0, 8 / 255), canvas.shape)
+    img = Image.fromarray(np.clip(np.rint(canvas * 255), 0, 255).astype(np.uint8), "RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(rng.integers(60, 96)))
+    return buf.getvalue()
+
+
+def simple_set(test_x: np.ndarray, test_y: np.ndarray, n: int, seed: int) -> tuple[list[bytes], np.ndarray]:
+    pick = np.random.default_rng(seed).permutation(len(test_y))[:n]
+    rng = np.random.default_rng(seed + 1)
+    return [simple_photo(test_x[i], rng) for i in pick], test_y[pick]
+
+
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     return float((model.predict(x, batch_size=512, verbose=0).argmax(axis=1) == y).mean())
 
@@ -93,6 +146,7 @@ def run(models: dict[str, str], *, photos: int = 2000, seed: int = 0, data: str 
     ds = fashion_mnist.load(data or os.environ.get("FASHION_MNIST_DIR"))
     started = time.time()
     jpegs, photo_y = photo_set(ds.test_images, ds.test_labels, photos, seed)
+    simple, simple_y = simple_set(ds.test_images, ds.test_labels, photos, seed)
     render_s = time.time() - started
     loaded = {name: keras.models.load_model(path, compile=False) for name, path in models.items()}
     old_tiles = arrays_to_model_input(ds.test_images, PreprocessSpec())
@@ -103,6 +157,7 @@ def run(models: dict[str, str], *, photos: int = 2000, seed: int = 0, data: str 
         tiles_s = time.time() - t0
         t0 = time.time()
         photo_x = np.stack([preprocess_bytes(b, spec) for b in jpegs])
+        simple_x = np.stack([preprocess_bytes(b, spec) for b in simple])
         photo_s = time.time() - t0
         row = {"variant": label, "spec": spec.to_dict(),
                "tiles_mean_abs_diff_vs_old": float(np.abs(tiles - old_tiles).mean()),
@@ -110,6 +165,7 @@ def run(models: dict[str, str], *, photos: int = 2000, seed: int = 0, data: str 
         for name, model in loaded.items():
             row[f"{name}_tiles"] = accuracy(model, tiles, ds.test_labels)
             row[f"{name}_photos"] = accuracy(model, photo_x, photo_y)
+            row[f"{name}_simple"] = accuracy(model, simple_x, simple_y)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "spec"}), flush=True)
     return {"models": models, "photos": photos, "seed": seed, "test_tiles": int(len(ds.test_labels)),
@@ -118,14 +174,17 @@ def run(models: dict[str, str], *, photos: int = 2000, seed: int = 0, data: str 
 
 def markdown(result: dict, command: str) -> str:
     names = list(result["models"])
-    head = "| Preprocessing | " + " | ".join(f"{n}: tiles | {n}: photos" for n in names) + " | tiles Δ vs old |"
+    head = ("| Preprocessing | " + " | ".join(f"{n}: tiles | {n}: photos | {n}: simple photos" for n in names)
+            + " | tiles Δ vs old |")
     lines = [f"{BEGIN}", f"Command: `{command}`", "",
-             head, "|:--|" + "--:|--:|" * len(names) + "--:|"]
+             head, "|:--|" + "--:|--:|--:|" * len(names) + "--:|"]
     for r in result["rows"]:
-        cells = " | ".join(f"{100 * r[f'{n}_tiles']:.2f}% | {100 * r[f'{n}_photos']:.2f}%" for n in names)
+        cells = " | ".join(f"{100 * r[f'{n}_tiles']:.2f}% | {100 * r[f'{n}_photos']:.2f}% | "
+                           f"{100 * r[f'{n}_simple']:.2f}%" for n in names)
         lines.append(f"| {r['variant']} | {cells} | {r['tiles_mean_abs_diff_vs_old']:.5f} |")
     lines += ["", f"Tiles: the {result['test_tiles']:,} test tiles; photos: {result['photos']:,} test tiles "
-              f"rendered by `photo_jpeg` (seed {result['seed']}). \"tiles Δ vs old\" is the mean absolute "
+              f"rendered by `photo_jpeg` (seed {result['seed']}); simple photos: the same tiles by this script's "
+              "own `simple_photo` recipe (seed + 1). \"tiles Δ vs old\" is the mean absolute "
               "difference of the tile inputs from the old pipeline's (inputs in [0, 1]).", END]
     return "\n".join(lines)
 
