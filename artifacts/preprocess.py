@@ -53,7 +53,7 @@ class PreprocessSpec:
     # written before these fields existed keeps exactly the preprocessing it was trained with;
     # new models get PreprocessSpec.canonical().
     foreground_map: bool = False  # model sees |pixel - border background|: light object on black
-    background_gradient: bool = False  # background is a plane through the four sides' medians
+    background_gradient: bool = False  # background may be a gradient / vignetting fitted to the border
     crop: bool = False  # crop to the object's bounding box ...
     crop_threshold: float = 0.1  # ... of map > this × the map's 99th percentile ...
     # ... grown by this fraction of its longer side each way. 0 by default: a Fashion-MNIST
@@ -355,9 +355,10 @@ def canonicalise(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Canonical input of a batch of uint8 images (n, h, w, c), c = 1 or 3, as uint8
     (n, *spec.input_shape); the steps are the spec's switches, in this order:
 
-    1. background: per-channel median of the border (``background_gradient``: a plane through
-       the sides' medians);
-    2. foreground map = distance from it (polarity-free: a dark garment on white, a light one on
+    1. background: per-channel median of the border (``background_gradient``: a plane plus a
+       radial falloff fitted to the border, where it fits clearly better);
+    2. foreground map = distance from it, less its level on the border (the noise floor)
+       (polarity-free: a dark garment on white, a light one on
        black, either on a coloured wall all become a light object on black); a grayscale model
        gets the RMS over colour channels, an RGB model each channel's distance (so colour is
        kept relative to the background, and the background is black);
