@@ -97,27 +97,30 @@ def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
     return tuple(float(c) for c in colorsys.hsv_to_rgb(h, s, v))
 
 
+# Saturation and value ranges (HSV, hue uniform) per kind; the last of each table is the default.
+_BACKGROUND_SV = {"light": ((0.0, 0.06), (0.75, 0.94)), "light-colour": ((0.10, 0.35), (0.80, 1.0)),
+                  "saturated": ((0.50, 1.0), (0.40, 0.95)), "dark": ((0.0, 0.4), (0.0, 0.25))}
+_GARMENT_SV = {"dark": ((0.0, 0.5), (0.03, 0.30)), "mid": ((0.0, 0.6), (0.30, 0.65)),
+               "saturated": ((0.55, 1.0), (0.45, 1.0)), "light": ((0.0, 0.25), (0.75, 1.0))}
+
+
+def _colour(table: dict, kind: str, rng: np.random.Generator) -> tuple[float, float, float]:
+    (s_lo, s_hi), (v_lo, v_hi) = table.get(kind, list(table.values())[-1])
+    # Drawn hue, saturation, value in that order: the order fixes a seed's colours.
+    h = rng.uniform()
+    sat = rng.uniform(s_lo, s_hi)
+    return _hsv(h, sat, rng.uniform(v_lo, v_hi))
+
+
 def _background(kind: str, rng: np.random.Generator) -> tuple[float, float, float]:
     if kind == "white":
         g = rng.uniform(0.94, 1.0)
         return (g, g, g)
-    if kind == "light":
-        return _hsv(rng.uniform(), rng.uniform(0.0, 0.06), rng.uniform(0.75, 0.94))
-    if kind == "light-colour":
-        return _hsv(rng.uniform(), rng.uniform(0.10, 0.35), rng.uniform(0.80, 1.0))
-    if kind == "saturated":
-        return _hsv(rng.uniform(), rng.uniform(0.50, 1.0), rng.uniform(0.40, 0.95))
-    return _hsv(rng.uniform(), rng.uniform(0.0, 0.4), rng.uniform(0.0, 0.25))
+    return _colour(_BACKGROUND_SV, kind, rng)
 
 
 def _garment(kind: str, rng: np.random.Generator) -> tuple[float, float, float]:
-    if kind == "dark":
-        return _hsv(rng.uniform(), rng.uniform(0.0, 0.5), rng.uniform(0.03, 0.30))
-    if kind == "mid":
-        return _hsv(rng.uniform(), rng.uniform(0.0, 0.6), rng.uniform(0.30, 0.65))
-    if kind == "saturated":
-        return _hsv(rng.uniform(), rng.uniform(0.55, 1.0), rng.uniform(0.45, 1.0))
-    return _hsv(rng.uniform(), rng.uniform(0.0, 0.25), rng.uniform(0.75, 1.0))
+    return _colour(_GARMENT_SV, kind, rng)
 
 
 def sample_params(rng: np.random.Generator, *, size: int = 128) -> PhotoParams:
