@@ -56,13 +56,15 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
-    """28×28 light-on-dark images whose class decides where a bright block sits: learnable in a
-    few steps, so smoke runs show real learning without the real dataset."""
+    """28×28 light-on-dark images whose class decides where a bright block sits and how wide it
+    is (3 + class pixels, 8 high): learnable in a few steps, so smoke runs show real learning
+    without the real dataset. The width matters for the canonical input (artifacts/preprocess.py),
+    which crops to the object and so removes its position: the aspect ratio survives the crop."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 40, size=(len(labels), 28, 28)).astype(np.uint8)
     for i, c in enumerate(labels):
         r, col = divmod(int(c), 5)
-        images[i, 4 + r * 12: 12 + r * 12, 2 + col * 5: 6 + col * 5] = 220
+        images[i, 4 + r * 12: 12 + r * 12, 1 + col * 3: 4 + col * 3 + int(c)] = 220
     return images
 
 

@@ -25,7 +25,8 @@ def test_request_counts_latency_and_index_version_are_exported(app_url):
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         # Other endpoints' 400s (earlier tests) may be exported already: wait for search's own.
         search_400 = any('endpoint="search"' in line and 'status="400"' in line for line in text.splitlines())
-        if search_400 and "vitrine_index_published_at" in text:
+        # An earlier deployment's replica may have exported its gauge too: wait for this one's.
+        if search_400 and f'index_id="{info["index_id"]}"' in text:
             break
         time.sleep(2)
     lines = [line for line in text.splitlines() if line.startswith("ray_vitrine_") or line.startswith("vitrine_")]
