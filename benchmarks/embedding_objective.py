@@ -23,6 +23,7 @@ VARIANTS = {  # name -> vitrine_cnn options
     "softmax": {"head": "softmax"},
     "cosine, no margin": {"head": "cosine", "head_margin": 0.0},
     "cosine + margin 0.2 (CosFace)": {"head": "cosine", "head_margin": 0.2},
+    "cosine + margin 0.1 (CosFace)": {"head": "cosine", "head_margin": 0.1},
 }
 
 
