@@ -24,6 +24,17 @@ def _rate(name: str, value: object) -> float:
     return float(value)
 
 
+def _check_head(head: object) -> None:
+    if head not in ("softmax", "cosine"):
+        raise ValueError(f"vitrine_cnn option head must be 'softmax' or 'cosine'; got {head!r}")
+
+
+def _head(head: str, num_classes: int, scale: float, margin: float) -> layers.Layer:
+    if head == "cosine":
+        return CosineSoftmax(num_classes, scale=scale, margin=margin, name="predictions")
+    return layers.Dense(num_classes, activation="softmax", name="predictions")
+
+
 @register_model(
     "vitrine_cnn",
     input_shape=(28, 28, 1),
@@ -59,8 +70,7 @@ def build(
     embedding, trained with the CosFace margin ``head_margin`` at scale ``head_scale``; the
     embedding then ranks across categories in the geometry search uses).
     """
-    if head not in ("softmax", "cosine"):
-        raise ValueError(f"vitrine_cnn option head must be 'softmax' or 'cosine'; got {head!r}")
+    _check_head(head)
     width = _positive_int("width", width)
     dense = _positive_int("dense", dense)
     dropout = _rate("dropout", dropout)
@@ -89,8 +99,5 @@ def build(
     x = layers.BatchNormalization(name="bn_dense")(x)
     x = layers.Activation("relu", name=EMBEDDING_LAYER)(x)
     x = layers.Dropout(dropout, name="dropout_embedding")(x)
-    if head == "cosine":
-        outputs = CosineSoftmax(num_classes, scale=head_scale, margin=head_margin, name="predictions")(x)
-    else:
-        outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = _head(head, num_classes, head_scale, head_margin)(x)
     return keras.Model(inputs, outputs, name="vitrine_cnn")
