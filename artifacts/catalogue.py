@@ -75,6 +75,10 @@ def check_item_id(item_id: str) -> str:
     return item_id
 
 
+# --- Confinement: which image URIs may be read (confine, catalogue_roots, refusals) ------------
+# Kept in this module (which is over 400 lines with it) because read_manifest and list_catalogue
+# apply it while they resolve URIs and it raises this module's CatalogueError; it is the first
+# piece to move to its own module when the catalogue grows again.
 def confine(uri: str, roots: tuple[str, ...] | list[str]) -> str:
     """``uri`` normalised, if it lies under one of ``roots``; else :class:`CatalogueError` with a reason.
 
