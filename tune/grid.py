@@ -108,7 +108,25 @@ def trial_specs(config: GridConfig) -> list[dict]:
     return specs
 
 
-def run_trial(params: dict, data_source: str = "") -> None:
+def _photo_banks(config: GridConfig, specs: list[dict]) -> dict:
+    """The photo banks the trials train with, by key: made once here, with Ray tasks over the
+    cluster, and shipped to every trial through the object store, instead of once per trial."""
+    from .data import photo_bank
+    from .training import bank_spec, input_spec, photos_for, prepare_data
+
+    banks: dict = {}
+    for trial in specs:
+        cfg = load_config(TrainConfig, values=trial["train"])
+        if not cfg.augmentation.uses_photos:
+            continue
+        data, spec = prepare_data(cfg, config.data or None), input_spec(cfg)
+        key = photo_bank.bank_key(data.train_x, spec, bank_spec(cfg))
+        if key not in banks:
+            banks[key] = photos_for(cfg, data, spec)
+    return banks
+
+
+def run_trial(params: dict, data_source: str = "", photo_banks: dict | None = None) -> None:
     """The Tune trainable: one training run reporting every epoch with its checkpoint."""
     from ray import tune as ray_tune
 
@@ -130,7 +148,7 @@ def run_trial(params: dict, data_source: str = "") -> None:
         def report(metrics: dict, workdir: Path) -> None:
             ray_tune.report(metrics, checkpoint=ray_tune.Checkpoint.from_directory(str(workdir)))
 
-        train(cfg, data, workdir=work, on_epoch=report)
+        train(cfg, data, workdir=work, on_epoch=report, photo_banks=photo_banks)
 
 
 def _ensure_ray(config: GridConfig) -> None:
@@ -174,7 +192,7 @@ def run(config: GridConfig) -> GridResult:
     _ensure_ray(config)
 
     trainable = ray_tune.with_resources(
-        ray_tune.with_parameters(run_trial, data_source=config.data),
+        ray_tune.with_parameters(run_trial, data_source=config.data, photo_banks=_photo_banks(config, specs)),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     st = _storage_args(kind_uri)
     experiment_path = run_uri if storage.is_remote(run_uri) else storage.resolve(run_uri)[1]

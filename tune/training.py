@@ -21,6 +21,7 @@ import numpy as np
 
 from artifacts.preprocess import PreprocessSpec, arrays_to_model_input
 
+from .data import photo_bank
 from .data.splits import Splits, load_splits
 from .data.augment import AugmentConfig
 
@@ -103,6 +104,23 @@ def prepare_data(config: TrainConfig, source: str | None = None) -> Splits:
                        category_level=config.category_level)
 
 
+def bank_spec(config: TrainConfig) -> photo_bank.BankSpec:
+    a = config.augmentation
+    return photo_bank.BankSpec(variants=a.photo_variants, min_size=a.photo_min_size, max_size=a.photo_max_size,
+                               seed=config.seed)
+
+
+def photos_for(config: TrainConfig, data: Splits, spec: PreprocessSpec,
+               banks: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
+    """The photo bank a trial trains with (None when its augmentation uses no photos): one the
+    grid driver made and shipped (``banks``, by key), else the local cache, else rendered now."""
+    if not config.augmentation.uses_photos:
+        return None
+    bank = bank_spec(config)
+    given = (banks or {}).get(photo_bank.bank_key(data.train_x, spec, bank))
+    return given if given is not None else photo_bank.load_or_build(data.train_x, spec, bank)
+
+
 def make_optimizer(name: str, learning_rate, momentum: float = 0.9):
     import keras
 
@@ -140,11 +158,11 @@ def _read_state(workdir: Path) -> dict | None:
 
 def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
           on_epoch: Callable[[dict, Path], None] | None = None, resume: bool = True,
-          spec: PreprocessSpec | None = None) -> TrainOutcome:
+          spec: PreprocessSpec | None = None, photo_banks: dict[str, np.ndarray] | None = None) -> TrainOutcome:
     """Train one model; see the module docstring. ``on_epoch(metrics, workdir)`` runs after each
     epoch, once ``workdir`` holds that epoch's checkpoint files. ``spec`` overrides the input
     pipeline (default :func:`preprocess_spec_for`; benchmarks/preprocess_ablation.py trains an
-    old-pipeline model with ``PreprocessSpec()``)."""
+    old-pipeline model with ``PreprocessSpec()``). ``photo_banks``: see :func:`photos_for`."""
     import keras
 
     from artifacts import heads
@@ -179,7 +197,8 @@ def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
 
     spec = spec or preprocess_spec_for(model)
     train_ds = make_dataset(data.train_x, data.train_y, spec, batch_size=config.batch_size, shuffle=True,
-                            seed=config.seed + state["epoch"], augment=config.augmentation)
+                            seed=config.seed + state["epoch"], augment=config.augmentation,
+                            photos=photos_for(config, data, spec, photo_banks))
     val_ds = make_dataset(data.val_x, data.val_y, spec, batch_size=max(config.batch_size, 256))
 
     class Tracker(keras.callbacks.Callback):
