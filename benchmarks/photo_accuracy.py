@@ -12,6 +12,10 @@ model card's spec -> ``ModelRunner``, the classifier replicas' forward pass):
   as ``make run`` embeds it): precision@10 for the photo queries, and mAP over the full ranking
   and precision@10 for the test-tile queries; same class relevant, exact search.
 
+With ``--url`` the same query photos also go over HTTP to a running service (``make serve``):
+``POST /v1/classify`` for top-1 and ``POST /v1/search?k=10&category=all`` for precision@10, so the
+numbers are the ones a shop would see, HNSW and all.
+
 Prints a Markdown table (for docs/RESULTS.md) and writes it with the raw numbers as JSON.
 """
 
@@ -65,6 +69,35 @@ def measure(forward: Forward, spec, *, test: tuple[np.ndarray, np.ndarray], cata
     return out
 
 
+def over_http(url: str, photos: dict[str, tuple[list[bytes], np.ndarray]], class_names: list[str],
+              *, clients: int = 4, api_key: str = "") -> dict:
+    """Top-1 from ``/v1/classify`` and category=all precision@10 from ``/v1/search`` per recipe."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    headers = {"Content-Type": "image/jpeg", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+
+    def post(path: str, body: bytes) -> dict:
+        req = urllib.request.Request(url.rstrip("/") + path, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+
+    def one(item):
+        body, label = item
+        name = class_names[int(label)]
+        top1 = post("/v1/classify", body)["predicted"] == name
+        hits = post("/v1/search?k=10&category=all", body)["results"]
+        return top1, sum(h["category"] == name for h in hits) / 10.0
+
+    out: dict = {}
+    for recipe, (jpegs, labels) in photos.items():
+        with ThreadPoolExecutor(clients) as pool:
+            got = list(pool.map(one, zip(jpegs, labels)))
+        out[f"{recipe}_top1"] = float(np.mean([g[0] for g in got]))
+        out[f"{recipe}_p10_all"] = float(np.mean([g[1] for g in got]))
+    return out
+
+
 def runner_forward(uri: str):
     """A model artifact's ``ModelRunner`` as a ``Forward``, with its spec and card."""
     from artifacts.inference import ModelRunner
@@ -99,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--photos", type=int, default=2000, help="query photos per recipe")
     ap.add_argument("--seed", type=int, default=1000, help="photo seed (the ablation used 0)")
     ap.add_argument("--no-retrieval", action="store_true", help="top-1 only")
+    ap.add_argument("--url", default="", help="also query a running service, e.g. http://127.0.0.1:8000")
+    ap.add_argument("--api-key", default=os.environ.get("VITRINE_API_KEY", ""), help="for search_requires_key")
     ap.add_argument("--data", default=os.environ.get("FASHION_MNIST_DIR"))
     ap.add_argument("--out", default="", help="write the table and numbers as <out>.md / <out>.json")
     args = ap.parse_args(argv)
@@ -116,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
                       catalogue=(ds.train_images, ds.train_labels), photos=photos, retrieval=not args.no_retrieval)
         rows.append({"name": f"{card.architecture} `{card.model_id}`", "uri": uri, **row,
                      "seconds": round(time.time() - t0, 1)})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    if args.url:
+        t0 = time.time()
+        row = over_http(args.url, photos, list(ds.class_names), api_key=args.api_key)
+        rows.append({"name": f"the service at {args.url} (HTTP)", **row, "seconds": round(time.time() - t0, 1)})
         print(json.dumps(rows[-1]), file=sys.stderr)
     command = "python -m benchmarks.photo_accuracy " + " ".join(argv if argv is not None else sys.argv[1:])
     table = markdown(rows, command)

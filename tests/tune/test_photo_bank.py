@@ -52,6 +52,20 @@ def test_bank_is_deterministic_cached_and_keyed(tiles, tmp_path):
     assert not np.array_equal(photo_bank.render_chunk(tiles[0][:4], 0, SPEC, other), first[:4])
 
 
+@pytest.mark.parametrize("parallel", ["processes", "ray"])
+def test_bank_rendered_in_parallel_equals_one_process(tiles, parallel, monkeypatch, request):
+    serial = photo_bank.render_chunk(tiles[0], 0, SPEC, photo_bank.BankSpec(variants=1))
+    monkeypatch.setattr(photo_bank, "CHUNK", 8)
+    if parallel == "ray":
+        request.getfixturevalue("ray_local")
+    else:
+        import ray
+
+        if ray.is_initialized():
+            pytest.skip("a Ray session is running in this process")
+    assert np.array_equal(photo_bank._render_all(tiles[0], SPEC, photo_bank.BankSpec(variants=1)), serial)
+
+
 def test_bank_refuses_what_would_not_fit_and_bad_settings(tiles):
     big = PreprocessSpec.for_input_shape((128, 128, 3), canonical=True)
     with pytest.raises(ValueError, match="GiB"):

@@ -35,6 +35,7 @@ log = logging.getLogger("vitrine.photo_bank")
 RECIPE = "photo_style-1"
 MAX_BANK_BYTES = 4 << 30  # a 128×128×3 bank of the full training set would be ~5 GB per variant
 CACHE_ENV = "VITRINE_CACHE_DIR"
+CHUNK = 1000  # tiles per task: ~5 s of work, few enough tasks to schedule cheaply
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def render_chunk(tiles: np.ndarray, start: int, spec: PreprocessSpec, bank: Bank
 def _render_all(tiles: np.ndarray, spec: PreprocessSpec, bank: BankSpec) -> np.ndarray:
     """Chunks of 1,000 tiles rendered in parallel: Ray tasks when this process runs Ray (the grid
     driver), else one process per core (a standalone training run)."""
-    chunk = 1000
+    chunk = CHUNK
     starts = list(range(0, len(tiles), chunk))
     try:
         import ray
@@ -111,18 +112,32 @@ def _render_all(tiles: np.ndarray, spec: PreprocessSpec, bank: BankSpec) -> np.n
         def part(all_tiles, s):
             return render_chunk(all_tiles[s:s + chunk], s, spec, bank)
 
-        return np.concatenate(ray.get([part.remote(tiles_ref, s) for s in starts]))
+        pending = {part.remote(tiles_ref, s): s for s in starts}
+        done: dict[int, np.ndarray] = {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            done[pending.pop(ready[0])] = ray.get(ready[0])
+            _progress(len(done), len(starts), chunk, bank)
+        return np.concatenate([done[s] for s in starts])
     workers = min(len(starts), os.cpu_count() or 1)
     if workers <= 1:
         return np.concatenate([render_chunk(tiles[s:s + chunk], s, spec, bank) for s in starts])
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn, not fork: the caller may already run TensorFlow's threads.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        parts = pool.map(render_chunk, [tiles[s:s + chunk] for s in starts], starts,
-                         [spec] * len(starts), [bank] * len(starts))
-        return np.concatenate(list(parts))
+        futures = {pool.submit(render_chunk, tiles[s:s + chunk], s, spec, bank): s for s in starts}
+        done = {}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            _progress(len(done), len(starts), chunk, bank)
+        return np.concatenate([done[s] for s in starts])
+
+
+def _progress(done: int, total: int, chunk: int, bank: BankSpec) -> None:
+    if done == total or done % max(1, total // 10) == 0:
+        log.info("photo bank: %d/%d chunks (%d photos)", done, total, done * chunk * bank.variants)
 
 
 def load_or_build(tiles: np.ndarray, spec: PreprocessSpec, bank: BankSpec, *, directory: Path | None = None) -> np.ndarray:
