@@ -3,7 +3,7 @@
     vitrine models [--json]
     vitrine models list-artifacts | promote ID [--force] | rollback
     vitrine tune --grid FILE [--smoke-test] [--storage URI] [--address RAY_ADDRESS] [--resume]
-    vitrine evaluate --model DIR_OR_URI [--json]
+    vitrine evaluate --model DIR_OR_URI [--json] [--robustness [--compare URI ...]]
     vitrine export-catalogue | embed | build-index | evaluate-search | nightly ...
     vitrine serve [--config serve/config.yaml] [--port 8000] [--address ...]
     vitrine submit [--address http://HEAD:8265] JOB [ARGS...]     # through the Ray Jobs API

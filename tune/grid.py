@@ -61,6 +61,8 @@ class GridConfig:
     # What the exported model must reach to become models/LATEST (artifacts/model_gate.py);
     # `--set gate.min_accuracy=0.9`, or a `gate:` mapping in the grid YAML.
     gate: model_gate.GateConfig = field(default_factory=model_gate.GateConfig)
+    # Test tiles per level of the best trial's robustness report (tune/robustness.py); 0 = none.
+    robustness_images: int = 100
 
 
 @dataclass
@@ -82,6 +84,7 @@ def smoke(config: GridConfig) -> GridConfig:
     """Two trials, one epoch each, a small per-class subset: proves the whole path quickly."""
     train = dataclasses.replace(config.train, epochs=1, max_per_class=40, early_stopping_patience=0)
     return dataclasses.replace(config, name=f"{config.name}-smoke", train=train, smoke_test=True,
+                               robustness_images=min(config.robustness_images, 20),
                                per_architecture={k: {kk: vv for kk, vv in v.items() if kk not in ("epochs",)}
                                                  for k, v in config.per_architecture.items()})
 
@@ -254,10 +257,11 @@ def run(config: GridConfig) -> GridResult:
     with tempfile.TemporaryDirectory(prefix="vitrine-report-") as tmp:
         from .report import write_report
 
+        robust_md = _robustness_report(best, Path(tmp) / "robustness")
         write_report(Path(tmp), title=f"Grid {config.name} — run {run_id}", leaderboard=leaderboard,
                      histories=histories, test_metrics=test_metrics,
                      best_trial_id=best["trial_id"] if best else None, wall_time_s=wall,
-                     notes_md=notes + (f"\nExported model: `{model_uri}`\n" if model_uri else ""))
+                     notes_md=notes + (f"\nExported model: `{model_uri}`\n" if model_uri else "") + robust_md)
         report_uri = storage.join(run_uri, "report")
         storage.upload_dir(tmp, report_uri)
     result = GridResult(run_id=run_id, run_uri=run_uri, leaderboard=leaderboard, best=best,
@@ -323,6 +327,11 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
             "optimizer": spec_trial["optimizer"], "learning_rate": spec_trial["learning_rate"],
             "val_accuracy": m.get("best_val_accuracy"), "best_epoch": m.get("best_epoch"),
             "test_accuracy": test_metrics["accuracy"]}
+    if config.robustness_images > 0 and train_cfg.dataset == "fashion-mnist":
+        from .robustness import measure_model
+
+        best["robustness"] = measure_model(model, spec, ds.test_x, ds.test_y, images=config.robustness_images,
+                                           model_id=str(best["trial_id"]), architecture=best["architecture"])
     log.info("best trial %s (%s/%s/%g): val %.4f, test %.4f", best["trial_id"], best["architecture"],
              best["optimizer"], best["learning_rate"], best["val_accuracy"], test_metrics["accuracy"])
     if not config.export:
@@ -350,6 +359,17 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
         published, reason = model_gate.publish_if_passing(models, model_id, config.gate)
     log.log(logging.INFO if published else logging.WARNING, "exported %s; %s", uri, reason)
     return best, test_metrics, uri, published, reason
+
+
+def _robustness_report(best: dict | None, out: Path) -> str:
+    """The best trial's robustness files in the report and its Markdown section ("" if none)."""
+    if not best or not best.get("robustness"):
+        return ""
+    from .robustness import markdown, write_report
+
+    write_report(best["robustness"], out)
+    return ("\n## Robustness of the best trial\n\n" + markdown(best["robustness"])
+            + "\n![accuracy against perturbation strength](robustness/robustness.png)\n")
 
 
 def load_grid_config(path: str | None, overrides=(), **flags) -> GridConfig:
