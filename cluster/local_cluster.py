@@ -210,12 +210,6 @@ class LocalCluster:
                 raise TimeoutError(f"node {node_id[:12]} did not become {state} within {timeout_s:.0f} s")
             time.sleep(0.5)
 
-    def node_by_id(self, node_id: str) -> LocalNode:
-        for node in self.nodes:
-            if node.node_id == node_id:
-                return node
-        raise KeyError(node_id)
-
     # -- state file (the CLI's `up` returns while the cluster keeps running) --------------------
 
     def to_state(self) -> dict:

@@ -41,6 +41,3 @@ class Search:
 
     async def samples(self, index_id: str, per_category: int) -> list[dict]:
         return (await self.indexes.get(index_id)).samples(per_category)
-
-    async def info(self, index_id: str) -> dict:
-        return (await self.indexes.get(index_id)).info()

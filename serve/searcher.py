@@ -48,10 +48,6 @@ class CatalogueSearcher:
         subs = {i: s for i, s in zip(ids, table.column("sub_category").to_pylist()) if s is not None}
         return dict(zip(ids, table.column("image_uri").to_pylist())), subs
 
-    @property
-    def categories(self) -> list[str]:
-        return list(self.index.category_names)
-
     def search(self, embedding, k: int, category: str | None = None) -> list[dict]:
         """Top-``k`` items for one unit-length embedding, best first; ``category`` None = all."""
         hits = self.index.search(np.asarray(embedding, np.float32)[None, :], k=k, category=category)[0]
@@ -85,9 +81,3 @@ class CatalogueSearcher:
                 if item in self._image_uri:
                     out.append({"item_id": item, "category": name})
         return out
-
-    def info(self) -> dict:
-        m = self.index.manifest
-        return {"index_id": self.index_id, "model_id": self.model_id, "items": len(self.index),
-                "embedding_dim": self.dim, "categories": self.index.category_counts(),
-                "recall_at_10": m.recall_at_10, "created_at": m.created_at, "ef": self.index.ef}

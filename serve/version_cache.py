@@ -27,9 +27,6 @@ class VersionCache(Generic[V]):
     def loaded(self) -> list[Hashable]:
         return list(self._ready)
 
-    def peek(self, key: Hashable) -> V | None:
-        return self._ready.get(key)
-
     async def get(self, key: Hashable) -> V:
         value = self._ready.get(key)
         if value is not None:

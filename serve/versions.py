@@ -8,7 +8,7 @@ model from one version and an index from another.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from artifacts import model_artifact, publish, storage
 from artifacts.hnsw_index import MANIFEST as INDEX_MANIFEST
@@ -51,12 +51,6 @@ class ServingVersion:
     @property
     def key(self) -> tuple[str, str | None]:
         return self.model_id, self.index_id
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["class_names"] = list(self.class_names)
-        d["categories"] = list(self.categories)
-        return d
 
 
 def _read_json(uri: str, what: str) -> dict:
