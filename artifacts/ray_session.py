@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
+log = logging.getLogger("vitrine.ray")
+
 
 def ensure_ray(address: str = "", num_cpus: int = 0, *, metrics_export_port: int = 0) -> None:
     """Connect once per process; ``address`` ("auto", "ray://…", "host:port") or a local Ray with
@@ -14,7 +19,17 @@ def ensure_ray(address: str = "", num_cpus: int = 0, *, metrics_export_port: int
 
     if ray.is_initialized():
         return
-    if address:
+    env = os.environ.get("RAY_ADDRESS", "")
+    if not address and env.startswith(("http://", "https://")):
+        # An http address is the Jobs API that `vitrine submit` talks to (the README suggests
+        # exporting it); ray.init() would try to join it as a cluster and fail. Local commands
+        # start their own Ray instead, as they do without it.
+        log.info("RAY_ADDRESS=%s is a Jobs API address (for vitrine submit); starting a local Ray", env)
+        address = "local"
+    if address == "local":
+        ray.init(address="local", num_cpus=num_cpus or None, include_dashboard=False,
+                 **({"_metrics_export_port": metrics_export_port} if metrics_export_port else {}))
+    elif address:
         ray.init(address=address)
     elif metrics_export_port:
         ray.init(num_cpus=num_cpus or None, include_dashboard=False, _metrics_export_port=metrics_export_port)
