@@ -8,6 +8,10 @@
     vitrine serve [--config serve/config.yaml] [--port 8000] [--address ...]
     vitrine submit [--address http://HEAD:8265] JOB [ARGS...]     # through the Ray Jobs API
     vitrine jobs list | status ID | logs ID | stop ID
+    vitrine --version
+
+A mistake in what was asked (a missing file, a bad config value, nothing published yet) prints one
+line, ``vitrine <command>: error: ...``, and exits 2; ``VITRINE_DEBUG=1`` shows the traceback.
 
 Every command shares one storage root: ``--storage URI`` or ``$VITRINE_STORAGE``
 (default ``./.vitrine``).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # sub-command -> (module, one-line help); modules load only when their command runs.
@@ -43,9 +48,42 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(version())
+        return 0
     args, rest = parser.parse_known_args(argv[:1])
     module = importlib.import_module(COMMANDS[args.command][0])
-    return module.main(argv[1:])
+    try:
+        return module.main(argv[1:])
+    except Exception as exc:
+        if os.environ.get("VITRINE_DEBUG") or not isinstance(exc, user_errors()):
+            raise
+        print(f"vitrine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe what the user asked for, not a bug: shown as one line."""
+    from artifacts.catalogue import CatalogueError
+    from artifacts.configuration import ConfigError
+    from artifacts.hnsw_index import IndexBuildError, IndexLoadError
+    from artifacts.publish import StaleArtifactError
+    from artifacts.storage import StorageError
+
+    return (ConfigError, CatalogueError, IndexBuildError, IndexLoadError, StaleArtifactError, StorageError,
+            FileNotFoundError)
+
+
+def version() -> str:
+    from importlib import metadata
+
+    def v(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return f"vitrine {v('vitrine')} (ray {v('ray')}, keras {v('keras')}, python {sys.version.split()[0]})"
 
 
 if __name__ == "__main__":
