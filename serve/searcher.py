@@ -81,3 +81,10 @@ class CatalogueSearcher:
                 if item in self._image_uri:
                     out.append({"item_id": item, "category": name})
         return out
+
+    def info(self) -> dict:
+        """What ``Search.warm`` answers: the index's identity and size, checked against the model."""
+        m = self.index.manifest
+        return {"index_id": self.index_id, "model_id": self.model_id, "items": len(self.index),
+                "embedding_dim": self.dim, "categories": self.index.category_counts(),
+                "recall_at_10": m.recall_at_10, "created_at": m.created_at, "ef": self.index.ef}

@@ -91,6 +91,13 @@ def test_item_images_are_validated(app_url, sample):
         assert b"root:" not in r.body
 
 
+def test_unknown_routes_and_methods_answer_in_the_error_shape(app_url):
+    r = http(app_url + "/v1/no-such-route")
+    assert r.status == 404 and r.json() == {"error": "Not Found", "status": 404}
+    r = http(app_url + "/v1/classify", method="DELETE")
+    assert r.status == 405 and r.json()["status"] == 405 and "POST" in r.headers.get("allow", r.headers.get("Allow", ""))
+
+
 def _post_chunked(url: str, chunks) -> tuple[int, bytes]:
     u = urlparse(url)
     conn = http_client.HTTPConnection(u.hostname, u.port, timeout=60)
