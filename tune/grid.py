@@ -135,11 +135,15 @@ def run_trial(params: dict, data_source: str = "", photo_banks: dict | None = No
 
     from artifacts.logs import setup_logging
 
+    from .models.transfer import backbone_weights
     from .training import prepare_data, train
 
     setup_logging()
     t0 = time.time()
     cfg = load_config(TrainConfig, values=params["trial"]["train"])
+    # Said where the backbone is built (this worker's files and environment), for the card and report.
+    weights = backbone_weights(cfg.architecture, cfg.model_options)
+    extra = {"backbone_weights": weights} if weights else {}
     data = prepare_data(cfg, data_source or None)
     log.info("trial %s/%s/%g: %d training and %d validation images loaded in %.1f s", cfg.architecture,
              cfg.optimizer, cfg.learning_rate, len(data.train_y), len(data.val_y), time.time() - t0)
@@ -149,7 +153,7 @@ def run_trial(params: dict, data_source: str = "", photo_banks: dict | None = No
             checkpoint.to_directory(work)
 
         def report(metrics: dict, workdir: Path) -> None:
-            ray_tune.report(metrics, checkpoint=ray_tune.Checkpoint.from_directory(str(workdir)))
+            ray_tune.report({**metrics, **extra}, checkpoint=ray_tune.Checkpoint.from_directory(str(workdir)))
 
         train(cfg, data, workdir=work, on_epoch=report, photo_banks=photo_banks)
 
@@ -235,6 +239,8 @@ def run(config: GridConfig) -> GridResult:
                "epochs_run": m.get("epoch"), "val_accuracy": m.get("best_val_accuracy"),
                "val_loss": m.get("val_loss"), "train_seconds": m.get("time_total_s"),
                "status": "error" if result.error else ("early-stopped" if m.get("early_stopped") else "done")}
+        if m.get("backbone_weights"):
+            row["backbone_weights"] = m["backbone_weights"]
         leaderboard.append(row)
         histories[trial_id] = _history(result)
         # Tune's time_total_s runs from the trial's start (data loading included) to its last report.
@@ -250,6 +256,8 @@ def run(config: GridConfig) -> GridResult:
              f"ratio {wall / sum_trial:.2f}.\n" if sum_trial else "")
     if resumed:
         notes += "\nResumed run: the wall time covers this invocation only, trial times the whole run.\n"
+    notes += "".join(f"\nBackbone weights of {r['architecture']}/{r['optimizer']}/{r['learning_rate']:g}: "
+                     f"{r['backbone_weights']}\n" for r in leaderboard if r.get("backbone_weights"))
     if best_result is not None:
         best_id = (best_result.metrics or {}).get("trial_id") or Path(best_result.path).name
         best, test_metrics, model_uri, published, publish_reason = _evaluate_and_export(
@@ -345,7 +353,8 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
         input_shape=list(spec.input_shape), preprocessing=spec.to_dict(), embedding_layer=EMBEDDING_LAYER,
         embedding_dim=int(emb.output.shape[-1]), params=int(model.count_params()),
         training_config={**spec_trial["train"], "grid": config.name, "run_id": run_id,
-                         "best_epoch": m.get("best_epoch"), "objective": heads.objective(model)},
+                         "best_epoch": m.get("best_epoch"), "objective": heads.objective(model),
+                         **({"backbone_weights": m["backbone_weights"]} if m.get("backbone_weights") else {})},
         test_metrics=test_metrics,
         dataset={**ds.describe(), "seed": train_cfg.seed, "validation_fraction": train_cfg.validation_fraction},
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -104,3 +104,20 @@ def test_nested_folders_read_as_category_plus_sub_category_and_train(tmp_path):
     assert splits.describe()["category_level"] == 2  # the card records it, so evaluation reads the same way
     outcome = train(cfg, splits, workdir=tmp_path / "work")
     assert outcome.epochs_run == 1 and outcome.best_model_path.exists()
+
+
+def test_an_exported_catalogue_is_named_by_its_manifest(tmp_path, tiny_fashion_mnist):
+    # Folders are slugs (t-shirt-top); the manifest, the embeddings and the index say T-shirt/top,
+    # so a model trained on the folders must too, in the manifest's label order (Fashion-MNIST's).
+    from jobs.export_catalogue import ExportConfig, category_slug
+    from jobs.export_catalogue import run as export
+    from tune.data.fashion_mnist import CLASS_NAMES
+
+    root = tmp_path / "tiles"
+    export(ExportConfig(split="train", out=str(root), data=str(tiny_fashion_mnist), limit=100))
+    folder = load_image_folder(str(root), PreprocessSpec())
+    assert folder.class_names == list(CLASS_NAMES)
+    for uri, label in zip(folder.uris, folder.labels):
+        assert uri.split("/")[-2] == category_slug(CLASS_NAMES[label])
+    (root / "manifest.parquet").unlink()  # plain folders: their own names, sorted
+    assert load_image_folder(str(root), PreprocessSpec()).class_names == sorted(map(category_slug, CLASS_NAMES))

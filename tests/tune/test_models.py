@@ -311,6 +311,20 @@ def test_local_weights_file_and_env_dir(tmp_path, monkeypatch, caplog):
         np.testing.assert_array_equal(a, b)
 
 
+def test_backbone_weights_says_what_the_backbone_starts_from(tmp_path, monkeypatch):
+    # What the grid writes into the card (training_config.backbone_weights) and the report.
+    assert transfer.backbone_weights("thesis_cnn", {}) is None
+    assert transfer.backbone_weights("mobilenet_v2", {}) == "random (no local file)"
+    path = tmp_path / "mobilenet_v2_notop.weights.h5"
+    build_model("mobilenet_v2").get_layer("mobilenet_v2_backbone").save_weights(path)
+    assert transfer.backbone_weights("mobilenet_v2", {"weights": str(path)}) == str(path)
+    monkeypatch.setenv(transfer.WEIGHTS_ENV, str(tmp_path))
+    assert transfer.backbone_weights("mobilenet_v2", {}) == str(path)
+    assert transfer.backbone_weights("vgg16", {}) == transfer.RANDOM_WEIGHTS  # no vgg16 file there
+    with pytest.raises(FileNotFoundError):
+        transfer.backbone_weights("mobilenet_v2", {"weights": str(tmp_path / "missing.h5")})
+
+
 def test_imagenet_failure_falls_back_to_random(monkeypatch, caplog):
     real, mode = transfer._BACKBONES["mobilenet_v2"]
     calls = []

@@ -2,9 +2,11 @@
 
 The layout the published visual-search system trained on; its thesis nests one more level,
 ``<root>/<category>/<sub-category>/<item_id>.<ext>`` (``category_level=2``): the label is the
-category, the sub-category is kept per image. Images of any format, size and mode
-go through the shared preprocessing function, so training sees exactly what serving will. An
-unreadable image is skipped and reported with its reason, never fatal.
+category, the sub-category is kept per image. A manifest beside the folders (as
+``vitrine export-catalogue`` writes) names the classes, as it names them to the embedding job.
+Images of any format, size and mode go through the shared preprocessing function, so training
+sees exactly what serving will. An unreadable image is skipped and reported with its reason,
+never fatal.
 """
 
 from __future__ import annotations
@@ -57,11 +59,34 @@ def list_image_folder(root: str, category_level: int = 1) -> list[tuple[str, str
     return entries
 
 
+def _manifest_names(root: str, entries: list) -> tuple[list, list[str]]:
+    """The entries with the categories the catalogue's manifest gives their items, and the class
+    order. Exported folders are slugs (``t-shirt-top``) while the manifest, the embeddings and the
+    index say ``T-shirt/top``: a model trained on the folders must answer with the names search
+    filters by. Classes follow the manifest's ``label`` column when it numbers each category once
+    (Fashion-MNIST's order for an exported catalogue), else they are sorted by name."""
+    from artifacts import catalogue
+
+    manifest = catalogue.find_manifest(root) if entries else None
+    if manifest is None:
+        return entries, sorted({e[0] for e in entries})
+    rows = catalogue.read_manifest(manifest).to_pylist()
+    named = {r["item_id"]: r["category"] for r in rows if r.get("category")}
+    entries = [(named.get(item_id, category), item_id, uri, sub) for category, item_id, uri, sub in entries]
+    present = {e[0] for e in entries}
+    labels: dict[str, set] = {}
+    for r in rows:
+        if r.get("category") in present and isinstance(r.get("label"), int):
+            labels.setdefault(r["category"], set()).add(r["label"])
+    numbered = len(labels) == len(present) and all(len(v) == 1 for v in labels.values()) \
+        and len({next(iter(v)) for v in labels.values()}) == len(present)
+    return entries, sorted(present, key=(lambda c: next(iter(labels[c]))) if numbered else None)
+
+
 def load_image_folder(root: str, spec: PreprocessSpec, *, max_per_class: int = 0,
                       category_level: int = 1) -> ImageFolder:
     """Decode and preprocess a folder-per-category catalogue into arrays for training."""
-    entries = list_image_folder(root, category_level)
-    class_names = sorted({e[0] for e in entries})
+    entries, class_names = _manifest_names(root, list_image_folder(root, category_level))
     if not class_names:
         layout = "<category>/<sub-category>/<image>" if category_level == 2 else "<category>/<image>"
         raise FileNotFoundError(f"{root}: no {layout} files found ({', '.join(IMAGE_EXTENSIONS)})")

@@ -24,6 +24,9 @@ Backbone weights (option ``weights``):
 * a path to a local weights file (``.h5`` / ``.weights.h5``) for the backbone (or a
   directory holding ``<model>_notop.h5``); a missing path raises ``FileNotFoundError``.
 
+:func:`backbone_weights` says which of these a model starts from; the grid records it in the
+model card (``training_config.backbone_weights``) and the report.
+
 A frozen backbone (the default) also keeps its BatchNormalization layers in inference mode
 (Keras 3 semantics for ``trainable=False``).
 """
@@ -134,6 +137,23 @@ def _resolve_weights(name: str, weights: Any) -> str | None:
     )
 
 
+RANDOM_WEIGHTS = "random (no local file)"
+
+
+def backbone_weights(architecture: str, options: dict | None = None) -> str | None:
+    """What a transfer model's backbone starts from, as its card and the grid report say it: the
+    weights file's path, ``"random (no local file)"``, or ``"imagenet"`` (a Keras download,
+    which falls back to random when offline, with a warning in the trial's log); None for models
+    without a backbone. Resolved as the builder resolves it, so call it where the model is built
+    (the ``VITRINE_BACKBONE_WEIGHTS`` directory is read from that process's environment)."""
+    if architecture not in _BACKBONES:
+        return None
+    resolved = _resolve_weights(architecture, (options or {}).get("weights"))
+    if resolved is None:
+        return RANDOM_WEIGHTS
+    return "imagenet (Keras download; random if it failed, see the trial log)" if resolved == "imagenet" else resolved
+
+
 def _make_backbone(name: str, size: int, weights: Any) -> keras.Model:
     constructor, _ = _BACKBONES[name]
     resolved = _resolve_weights(name, weights)
@@ -185,6 +205,7 @@ def _build_transfer(
     backbone_size: int,
     weights: Any,
     trainable_backbone: bool,
+    bn_momentum: float | None = None,
 ) -> keras.Model:
     if isinstance(backbone_size, bool) or not isinstance(backbone_size, int) or backbone_size < MIN_BACKBONE_SIZE:
         raise ValueError(f"{name}: backbone_size must be an int >= {MIN_BACKBONE_SIZE}; got {backbone_size!r}")
@@ -195,6 +216,8 @@ def _build_transfer(
         raise ValueError(f"{name}: input must have 1 (grayscale) or 3 (RGB) channels; got input_shape={input_shape}")
     _, mode = _BACKBONES[name]
 
+    if bn_momentum is not None and not (isinstance(bn_momentum, (int, float)) and 0 <= bn_momentum < 1):
+        raise ValueError(f"{name}: bn_momentum must be a number in [0, 1); got {bn_momentum!r}")
     backbone = _make_backbone(name, backbone_size, weights)
     backbone.trainable = trainable_backbone
 
@@ -231,6 +254,13 @@ def _build_transfer(
         for j in range(3):
             kernel[0, 0, 2 - j, j] = 255.0
         caffe.set_weights([kernel, -np.asarray(IMAGENET_MEAN_BGR, dtype="float32")])
+    if bn_momentum is not None:
+        # A backbone trained from random weights for a few hundred steps: with Keras's momenta
+        # (0.999 in MobileNetV2, 0.99 in the head) the moving statistics still describe the random
+        # start, and validation stays at chance (docs/RESULTS.md, "The RGB path").
+        for layer in [*backbone.layers, *model.layers]:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = float(bn_momentum)
     return model
 
 
@@ -291,10 +321,14 @@ def build_mobilenet_v2(
     backbone_size: int = 32,
     weights: Any = None,
     trainable_backbone: bool = False,
+    bn_momentum: float | None = None,
 ) -> keras.Model:
     """MobileNetV2 transfer model: ``keras.applications.MobileNetV2`` (x*2-1) + thesis head.
 
     Backbone from Sandler et al. (2018), alpha 1.0; the Dense 512-BN-ReLU-Dropout 0.5 head
-    is the product visual-search thesis's. See the module docstring for the options.
+    is the product visual-search thesis's. See the module docstring for the options;
+    ``bn_momentum`` replaces the BatchNormalization momentum of the backbone (Keras: 0.999) and
+    the head (0.99), for a backbone trained from random weights.
     """
-    return _build_transfer("mobilenet_v2", num_classes, input_shape, backbone_size, weights, trainable_backbone)
+    return _build_transfer("mobilenet_v2", num_classes, input_shape, backbone_size, weights, trainable_backbone,
+                           bn_momentum)
