@@ -8,6 +8,8 @@ export FASHION_MNIST_DIR
 export VITRINE_STORAGE ?= $(abspath .vitrine)
 export RAY_AUTH_MODE ?= disabled
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# Photo banks for training (tune/data/photo_bank.py) are cached here, with the run outputs.
+export VITRINE_CACHE_DIR ?= $(abspath .vitrine/cache)
 PYTEST_ARGS ?=
 
 .PHONY: setup run batch serve test reliability smoke audit clean

@@ -27,6 +27,9 @@ import numpy as np
 PHOTOS = {"enabled": True, "photo_probability": 0.5, "photo_variants": 2}
 GEOMETRY = {"flip_horizontal": True, "flip_vertical": True, "shear": 0.2, "zoom": 0.2, "geometric_probability": 0.3}
 COSFACE = {"head": "cosine", "head_margin": 0.15, "head_scale": 24.0}
+# A lighter mix: a quarter of the items as photos, the geometric layers on 15% of each batch.
+PHOTOS_LIGHT = {**PHOTOS, "photo_probability": 0.25}
+GEOMETRY_LIGHT = {**GEOMETRY, "geometric_probability": 0.15}
 
 VARIANTS = {  # name -> (vitrine_cnn options, augmentation)
     "softmax, tiles only": ({"head": "softmax"}, {}),
@@ -35,6 +38,9 @@ VARIANTS = {  # name -> (vitrine_cnn options, augmentation)
     "CosFace 0.15 + photos": (COSFACE, PHOTOS),
     "CosFace 0.15 + photos + flips/shear/zoom": (COSFACE, {**PHOTOS, **GEOMETRY}),
     "CosFace 0.2 + photos": ({"head": "cosine", "head_margin": 0.2}, PHOTOS),
+    "softmax + light photos + light geometry": ({"head": "softmax"}, {**PHOTOS_LIGHT, **GEOMETRY_LIGHT}),
+    "CosFace 0.15 + light photos + light geometry": (COSFACE, {**PHOTOS_LIGHT, **GEOMETRY_LIGHT}),
+    "CosFace 0.15, tiles only": (COSFACE, {}),
 }
 
 
