@@ -25,6 +25,8 @@ $(VENV)/.installed: pyproject.toml
 CATALOGUE ?= $(VITRINE_STORAGE)/catalogues/fashion-mnist-train
 
 SERVE_PORT ?= 8000
+# The grid `make run` trains; tune/grids/photo-training.yaml trains on product photos too.
+GRID ?= tune/grids/default.yaml
 
 # Train the default grid (report + exported model), export the demo catalogue, embed it,
 # build the HNSW index, measure retrieval, then serve it: the last step prints the page's URL
@@ -33,7 +35,7 @@ run: batch
 	$(BIN)/vitrine serve --port $(SERVE_PORT)
 
 batch: setup
-	$(BIN)/vitrine tune --grid tune/grids/default.yaml
+	$(BIN)/vitrine tune --grid $(GRID)
 	$(BIN)/vitrine export-catalogue --dataset fashion-mnist --split train --out $(CATALOGUE)
 	$(BIN)/vitrine embed --catalogue $(CATALOGUE)
 	$(BIN)/vitrine build-index
@@ -43,7 +45,7 @@ serve: setup
 	$(BIN)/vitrine serve --port $(SERVE_PORT)
 
 smoke: setup
-	$(BIN)/vitrine tune --grid tune/grids/default.yaml --smoke-test
+	$(BIN)/vitrine tune --grid $(GRID) --smoke-test
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -143,3 +143,19 @@ def test_interrupted_grid_resumes_without_redoing_finished_trials(ray_local, tin
     assert len(first.read_text().strip().splitlines()) == 1
     print(f"grid resume: driver SIGKILLed after {len(finished)} finished trial(s); --resume finished all "
           f"{len(result.leaderboard)} in the same run, the finished one not redone")
+
+
+def test_every_shipped_grid_loads_and_photo_training_trains_on_photos():
+    from pathlib import Path
+
+    from artifacts.configuration import load_config
+    from tune.training import TrainConfig
+
+    grids = sorted(Path("tune/grids").glob("*.yaml"))
+    assert {"default.yaml", "photo-training.yaml", "photos.yaml"} <= {g.name for g in grids}
+    for g in grids:
+        assert trial_specs(load_grid_config(str(g))), g
+    photos = [load_config(TrainConfig, values=t["train"])
+              for t in trial_specs(load_grid_config("tune/grids/photo-training.yaml"))]
+    assert all(c.augmentation.uses_photos and c.augmentation.flip_vertical for c in photos)
+    assert all(c.model_options["head"] == "cosine" for c in photos)
