@@ -27,6 +27,19 @@ class StorageError(RuntimeError):
     """An artifact could not be read or written; the message names the URI."""
 
 
+# What object storage says when it is unreachable or overloaded, as opposed to "no such object":
+# worth retrying, and never a reason to call an item bad.
+_TRANSIENT = ("NETWORK_CONNECTION", "connect", "timed out", "timeout", "SLOW_DOWN", "503", "INTERNAL_FAILURE",
+              "Connection reset", "UNAVAILABLE")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A storage error that says "try again later" (outage, throttling), not "this object is bad"."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return False
+    return isinstance(exc, (OSError, StorageError)) and any(t.lower() in str(exc).lower() for t in _TRANSIENT)
+
+
 def default_root() -> str:
     """The storage root: ``$VITRINE_STORAGE`` or ``./.vitrine`` in the current directory."""
     return os.environ.get(STORAGE_ENV) or os.path.abspath(DEFAULT_ROOT)

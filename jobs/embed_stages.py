@@ -28,7 +28,7 @@ def read_verified(batch, *, io_threads: int = 16):
     hashes = batch.column("content_sha256").to_pylist()
     datas: list[bytes | None] = [None] * len(uris)
     errors: list[str | None] = [None] * len(uris)
-    for i, data in enumerate(catalogue.read_many(uris, threads=io_threads)):
+    for i, data in enumerate(_read_through_outages(uris, io_threads)):
         if isinstance(data, Exception):
             errors[i] = f"cannot read image: {data}"
             continue
@@ -40,6 +40,29 @@ def read_verified(batch, *, io_threads: int = 16):
             continue
         datas[i] = data
     return datas, hashes, errors
+
+
+def _read_through_outages(uris: list[str], io_threads: int, waits=(1, 2, 4, 8, 15)) -> list:
+    """``catalogue.read_many``, with the reads that failed because storage was unreachable tried
+    again (30 s in all): an outage must not turn good items into failed rows of a published run.
+    Still unreachable after that: raise, so the run fails and publishes nothing."""
+    import time
+
+    from artifacts import catalogue, storage
+
+    out = catalogue.read_many(uris, threads=io_threads)
+    for wait in waits:
+        again = [i for i, d in enumerate(out) if isinstance(d, Exception) and storage.is_transient(d)]
+        if not again:
+            return out
+        time.sleep(wait)
+        for i, d in zip(again, catalogue.read_many([uris[i] for i in again], threads=io_threads)):
+            out[i] = d
+    still = [d for d in out if isinstance(d, Exception) and storage.is_transient(d)]
+    if still:
+        raise storage.StorageError(f"storage unreachable: {len(still)} image reads still failing after "
+                                   f"{sum(waits)} s of retries: {still[0]}")
+    return out
 
 
 def _item_columns(batch, hashes) -> dict:

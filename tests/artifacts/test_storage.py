@@ -62,3 +62,13 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
         load_config(GridConfig, overrides=["train.epochs=many"])
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["oops"])
+
+
+def test_transient_storage_errors_are_told_apart_from_bad_objects():
+    from artifacts.storage import StorageError, is_transient
+
+    assert is_transient(OSError("AWS Error NETWORK_CONNECTION during GetObject: curlCode: 7, Couldn't connect"))
+    assert is_transient(StorageError("cannot read s3://b/k: AWS Error SLOW_DOWN"))
+    assert not is_transient(FileNotFoundError("s3://b/missing.png"))
+    assert not is_transient(OSError("cannot identify image file"))
+    assert not is_transient(ValueError("connect"))  # not a storage error at all
