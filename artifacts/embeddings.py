@@ -103,6 +103,18 @@ def read_table(run_uri: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, filesystem=fs, columns=columns, schema=embeddings_schema(manifest.embedding_dim))
 
 
+def read_errors_dir(run_uri: str) -> pa.Table:
+    """The rejected items under ``<run>/errors/`` as written so far (no manifest needed: the
+    job reads them before it publishes)."""
+    import pyarrow.parquet as pq
+
+    uri = storage.join(run_uri, ERRORS_DIR)
+    if not part_files(run_uri, ERRORS_DIR):
+        return ERRORS_SCHEMA.empty_table()
+    fs, path = storage.resolve(uri)
+    return pq.read_table(path, filesystem=fs, schema=ERRORS_SCHEMA)
+
+
 def read_errors(run_uri: str) -> pa.Table:
     """The items a complete run rejected, with the reason (ERRORS_SCHEMA)."""
     import pyarrow.parquet as pq
@@ -115,13 +127,34 @@ def read_errors(run_uri: str) -> pa.Table:
     return pq.read_table(path, filesystem=fs, schema=ERRORS_SCHEMA)
 
 
-class RunWriter:
-    """Streams embedding rows into ``<run>/data/part-NNNNN.parquet`` with the exact schema."""
+def write_part(run_uri: str, directory: str, name: str, table: pa.Table) -> str:
+    """Write one whole part file, ``<run>/<directory>/<name>``, with the contract's Parquet options;
+    returns its URI. Ray Data workers write their blocks with it (the driver only learns the
+    file names and counts), so the embeddings never travel through the job's driver."""
+    import io
 
-    def __init__(self, run_uri: str, dim: int, rows_per_file: int):
+    import pyarrow.parquet as pq
+
+    uri = storage.join(run_uri, directory, name)
+    buf = io.BytesIO()  # one PUT (S3) or one rename (local): a reader never sees half a file
+    pq.write_table(table, buf, **(PARQUET_OPTIONS if directory == DATA_DIR else {}))
+    storage.write_bytes(uri, buf.getvalue())
+    return uri
+
+
+def part_files(run_uri: str, directory: str) -> list[str]:
+    """The Parquet part files' names under ``<run>/<directory>`` (sorted; empty when absent)."""
+    return [n for n in storage.list_dir(storage.join(run_uri, directory)) if n.endswith(".parquet")]
+
+
+class RunWriter:
+    """Streams embedding rows into ``<run>/data/<prefix>NNNNN.parquet`` with the exact schema."""
+
+    def __init__(self, run_uri: str, dim: int, rows_per_file: int, prefix: str = "part-"):
         self.data_uri = storage.join(run_uri, DATA_DIR)
         self.schema = embeddings_schema(dim)
         self.rows_per_file = max(1, rows_per_file)
+        self.prefix = prefix
         self.rows = 0
         self._part = 0
         self._in_part = 0
@@ -146,7 +179,7 @@ class RunWriter:
     def _open(self) -> None:
         import pyarrow.parquet as pq
 
-        uri = storage.join(self.data_uri, f"part-{self._part:05d}.parquet")
+        uri = storage.join(self.data_uri, f"{self.prefix}{self._part:05d}.parquet")
         fs, path = storage.resolve(uri)
         if not storage.is_remote(uri):
             os.makedirs(os.path.dirname(path), exist_ok=True)

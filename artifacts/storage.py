@@ -23,6 +23,13 @@ DEFAULT_ROOT = ".vitrine"
 STORAGE_ENV = "VITRINE_STORAGE"
 
 
+# The settings that point a process at the same object store as this one: what Ray workers and
+# submitted jobs are given. Key values are among them only so that they can be *recognised*;
+# :func:`worker_env` never passes them on.
+ENV_VARS = ("AWS_ENDPOINT_URL", "VITRINE_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
+
+
 class StorageError(RuntimeError):
     """An artifact could not be read or written; the message names the URI."""
 
@@ -226,6 +233,24 @@ def delete_dir(uri: str) -> None:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)
+
+
+def worker_env(environ=None) -> dict:
+    """The storage settings (endpoint, region, profile) of ``environ`` (default: this process's)
+    that Ray Data tasks get in their runtime_env: never a key value (:mod:`artifacts.secrets`),
+    since runtime_envs show in the dashboard and the job's metadata; nodes have credentials of
+    their own (a role, a named secret, the environment Ray started with)."""
+    from .secrets import without_secrets
+
+    environ = os.environ if environ is None else environ
+    return without_secrets({k: environ[k] for k in ENV_VARS if environ.get(k)})
+
+
+def delete_file(uri: str) -> None:
+    """Remove one file; a file already gone is fine."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_file(path)
 
 
 def upload_dir(local_dir: str | Path, uri: str) -> None:

@@ -76,7 +76,7 @@ def parts(catalogue_uri: str, model: str, storage_root: str, repeat: int) -> dic
 
     from artifacts import catalogue, embeddings, model_artifact, publish
     from artifacts.model_card import CARD_FILE
-    from jobs.embed_stages import decode_batch
+    from embedding.stages import decode_batch
 
     out: dict = {}
     items = catalogue.list_catalogue(catalogue_uri).select(["item_id", "image_uri", "category", "content_sha256"])

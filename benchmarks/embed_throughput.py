@@ -30,11 +30,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 # ------------------------------------------------------------------------------- the baseline
@@ -75,47 +76,9 @@ def plain_loop(catalogue: str, model_uri: str, out: str, limit: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ measurement
-def _tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and its descendants, from /proc (Linux)."""
-    from cluster.processes import process_tree
-
-    tree = process_tree(root)
-    total = 0
-    for pid in tree:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
-
-
-class TreeMemory:
-    """Peak resident memory of a process and all its descendants, sampled every 0.2 s."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss(self.pid))
-            time.sleep(0.2)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def timed(cmd: list[str], env: dict) -> dict:
+    from benchmarks.memory import TreeMemory
+
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with TreeMemory(proc.pid) as mem:

@@ -25,7 +25,7 @@ same as in the LATEST run of the same model are copied over without being read, 
 embedded; new and changed items go through Ray Data (bytes → :mod:`artifacts.preprocess` in
 tasks → the model in an actor pool), or, when only a few are left
 (``local_max_items``), through the running search service when it serves the same model
-(``service_url``, :mod:`jobs.embed_service`), else through the same code in this process,
+(``service_url``, :mod:`embedding.service_client`), else through the same code in this process,
 without starting actors.
 Items the previous run rejected are tried again. An item is carried over only when its
 ``image_uri`` is also the one the previous run read; one whose URI moved is read, verified
@@ -47,27 +47,21 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 
 from artifacts.logs import setup_logging
 
-from .embed_service import ServiceUnavailable, embed_via_service
-from .embed_stages import Embedder, decode_batch
+from embedding import ray_pipeline, run_plan
+from embedding.service_client import ServiceUnavailable, embed_via_service
+from embedding.stages import Embedder, decode_batch
 
 log = logging.getLogger("vitrine.embed")
 
 DEFAULT_CATALOGUE = ("catalogues", "fashion-mnist-train")  # under the storage root
 COUNT_KEYS = ("total", "new", "changed", "unchanged", "retried", "removed", "failed", "embedded")
 _ITEM_COLUMNS = ("item_id", "image_uri", "category", "sub_category", "content_sha256")
-# The storage settings Ray workers need to reach the same object store as this process.
-STORAGE_ENV_VARS = ("AWS_ENDPOINT_URL", "VITRINE_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                    "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
-
-
 @dataclass(frozen=True)
 class EmbedConfig:
     # Image folders, a directory with a manifest, or a manifest file (local or s3://);
@@ -108,7 +102,9 @@ class EmbedConfig:
     service_url: str = ""
     service_timeout_s: float = 60.0
     max_failure_share: float = 0.05  # of the catalogue's items; above it the run fails unpublished
-    rows_per_file: int = 250_000
+    rows_per_file: int = 250_000  # files this process writes (carried rows, small increments)
+    # Rows per part file a Ray Data worker writes (16 MB at 256 dims): the driver never holds them.
+    rows_per_worker_file: int = 16_384
     # Pass this process's storage settings (endpoint, region, profile) to the Ray workers; never
     # key values (artifacts.secrets): runtime_envs show in the dashboard and job metadata, and
     # nodes get credentials from their role or their own environment.
@@ -163,6 +159,7 @@ def run(config: EmbedConfig) -> EmbedResult:
     ``max_failure_share`` of the catalogue's items could not be embedded.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from artifacts import catalogue, embeddings, model_artifact, publish, storage
     from artifacts.configuration import to_dict
@@ -213,7 +210,7 @@ def run(config: EmbedConfig) -> EmbedResult:
                     "(errors/ has each reason)", config.catalogue, refused.num_rows, list(roots))
     timings["list_s"] = time.perf_counter() - t0
 
-    previous_run, previous, rejected = (None, None, set()) if config.full else _previous_run(runs_uri, card)
+    previous_run, previous, rejected = (None, None, None) if config.full else _previous_run(runs_uri, card)
     failed_early: list[dict] = []
     if previous is not None and items.column("content_sha256").null_count:
         # Without hashes in the catalogue, deciding what changed means reading every image once;
@@ -222,56 +219,70 @@ def run(config: EmbedConfig) -> EmbedResult:
         items, failed_early = catalogue.fill_hashes(items, threads=config.io_threads)
         timings["hash_s"] = time.perf_counter() - t
     dim = int(card.embedding_dim)
-    plan = _plan(items, previous, embeddings.embeddings_schema(dim), listed=listed.column("item_id"))
-    # What is not carried over is new (the previous run never saw it), changed (the previous run
-    # embedded other content under this id) or retried (the previous run rejected it: rejections
-    # may be transient, e.g. a read timeout, and cost one decode to confirm).
-    prev_ids = set(previous.column("item_id").to_pylist()) if previous is not None else set()
-    counts = {"total": total, "new": 0, "changed": 0, "unchanged": plan.carried.num_rows, "removed": plan.removed,
-              "retried": 0}
-    for item_id in (plan.todo.column("item_id").to_pylist() + [f["item_id"] for f in failed_early]
-                    + refused.column("item_id").to_pylist()):
-        counts["changed" if item_id in prev_ids else "retried" if item_id in rejected else "new"] += 1
+    plan = run_plan.plan(items, previous, listed=listed.column("item_id").combine_chunks())
+    not_carried = pa.concat_arrays([plan.todo.column("item_id").combine_chunks(),
+                                    pa.array([f["item_id"] for f in failed_early], pa.string()),
+                                    refused.column("item_id").combine_chunks()])
+    counts = {"total": total, **run_plan.kinds(not_carried, None if previous is None else previous.column("item_id"),
+                                               rejected),
+              "unchanged": plan.carried, "removed": plan.removed}
+    del previous, not_carried  # only ids from here on
     log.info("catalogue %s: %d items; model %s; previous run %s: %d unchanged (carried over), %d new, "
              "%d changed, %d retried, %d removed", config.catalogue, total, card.model_id, previous_run or "none",
              counts["unchanged"], counts["new"], counts["changed"], counts["retried"], counts["removed"])
 
-    writer = embeddings.RunWriter(run_uri, dim, config.rows_per_file)
-    writer.write(plan.carried)
+    writer = embeddings.RunWriter(run_uri, dim, config.rows_per_file, prefix="part-d-")
     error_tables = [pa.Table.from_pylist(failed_early, schema=embeddings.ERRORS_SCHEMA)] if failed_early else []
     if refused.num_rows:
         error_tables.append(refused)
     todo = plan.todo
-    t = time.perf_counter()
     latest_before = _latest_run(runs_uri)  # for the error message: storage may be down by then
+    embedded = failed = 0
     try:
+        t = time.perf_counter()
+        carried = run_plan.carry(publish.artifact_uri(runs_uri, previous_run), plan, items, writer) if plan.carried else 0
+        timings["carry_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         if todo.num_rows:
-            timings["mode"], batches = _embedding_path(todo, model_uri, card, config)
+            timings["mode"], batches = _embedding_path(todo, model_uri, card, config, run_uri)
             progress = _Progress(todo.num_rows)
+            reported: dict[str, set[str]] = {embeddings.DATA_DIR: set(), embeddings.ERRORS_DIR: set()}
             for batch in batches:
-                ok, bad = _split(batch, dim)
-                writer.write(ok)
-                if bad.num_rows:
-                    error_tables.append(bad)
-                progress.update(ok.num_rows, bad.num_rows)
+                if "error" in batch.column_names:  # rows embedded here or by the service: written here
+                    ok, bad = ray_pipeline.split_output(batch, dim)
+                    writer.write(ok)
+                    if bad.num_rows:
+                        error_tables.append(bad)
+                    ok_rows, bad_rows = ok.num_rows, bad.num_rows  # counted with errors, below
+                    embedded += ok_rows
+                else:  # the pipeline's workers wrote their rows; these are their reports
+                    for key, directory in (("data_file", embeddings.DATA_DIR), ("errors_file", embeddings.ERRORS_DIR)):
+                        reported[directory].update(n for n in batch.column(key).to_pylist() if n)
+                    ok_rows, bad_rows = (int(pc.sum(batch.column(c)).as_py() or 0) for c in ("rows", "failed"))
+                    embedded += ok_rows
+                    failed += bad_rows  # rows of the workers' own errors/ files
+                progress.update(ok_rows, bad_rows)
             progress.done()
+            if timings["mode"] == "ray-data":
+                ray_pipeline.remove_unreported(run_uri, reported)
         timings["embed_s"] = time.perf_counter() - t
         writer.close()
         errors = pa.concat_tables(error_tables) if error_tables else embeddings.ERRORS_SCHEMA.empty_table()
-        _write_parquet(errors, storage.join(errors_uri, "part-00000.parquet"))
+        embeddings.write_part(run_uri, embeddings.ERRORS_DIR, "part-d-00000.parquet", errors)
     except Exception as exc:
         # Storage gone, a node lost past Ray's retries, a model that does not load: one sentence
         # a scheduler's alert can show, with the root cause, and the fact that nothing changed.
         raise EmbedFailedError(
             f"embedding run {run_id} failed and was NOT published (LATEST unchanged: "
             f"{latest_before or 'no earlier run'}): {_root_cause(exc)}") from exc
-    counts["failed"] = errors.num_rows
-    counts["embedded"] = writer.rows - plan.carried.num_rows
-    if writer.rows + errors.num_rows != total:
-        raise RuntimeError(f"internal error: {writer.rows} rows written + {errors.num_rows} errors != {total} items")
+    counts["failed"] = failed + errors.num_rows
+    counts["embedded"] = embedded
+    if carried + embedded + counts["failed"] != total:
+        raise RuntimeError(f"internal error: {carried} rows carried + {embedded} embedded + {counts['failed']} "
+                           f"failed != {total} items")
 
     if total and counts["failed"] / total > config.max_failure_share:
-        reasons = _top_reasons(errors)
+        reasons = _top_reasons(embeddings.read_errors_dir(run_uri))
         raise EmbedFailedError(
             f"{counts['failed']} of {total} items ({counts['failed'] / total:.1%}) could not be embedded, more than "
             f"max_failure_share={config.max_failure_share:.1%}; run {run_id} was NOT published "
@@ -293,13 +304,6 @@ def run(config: EmbedConfig) -> EmbedResult:
                        errors_uri=errors_uri, timings=timings)
 
 
-@dataclass
-class _Plan:
-    todo: object  # pa.Table: catalogue rows to embed
-    carried: object  # pa.Table: previous rows kept, in the embeddings schema
-    removed: int  # previous rows whose item is gone from the catalogue
-
-
 def _split_refused(listed):
     """``(items to consider, refused rows in the errors schema)`` of a listing with reasons."""
     import pyarrow.compute as pc
@@ -313,56 +317,31 @@ def _split_refused(listed):
             refused.rename_columns(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA))
 
 
-def _plan(items, previous, schema, listed=None) -> _Plan:
-    """Split the catalogue against the previous run: same item id, same content hash and same
-    image URI → carry the previous row over (with the catalogue's current category); otherwise
-    embed. A URI that moved is read again: the manifest's hash is a claim, and carrying it to a
-    new location unread would vouch for bytes nobody looked at. ``listed``: every item id of the
-    catalogue, refused ones included (they are failures, not removals)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if previous is None or previous.num_rows == 0:
-        return _Plan(todo=items, carried=schema.empty_table(), removed=0)
-    pos = pc.index_in(items.column("item_id"), value_set=previous.column("item_id"))
-    same = pc.and_(pc.fill_null(pc.equal(items.column("content_sha256"),
-                                         pc.take(previous.column("content_sha256"), pos)), False),
-                   pc.fill_null(pc.equal(items.column("image_uri"), pc.take(previous.column("image_uri"), pos)),
-                                False))
-    carried = previous.take(pc.filter(pos, same))
-    current = items.filter(same)
-    for name in ("category", "sub_category"):  # metadata follows the catalogue; the embedding is kept
-        i = carried.schema.get_field_index(name)
-        carried = carried.set_column(i, carried.schema.field(name), current.column(name))
-    kept = pc.is_in(previous.column("item_id"), value_set=items.column("item_id") if listed is None else listed)
-    removed = previous.num_rows - (pc.sum(kept.cast(pa.int64())).as_py() or 0)
-    return _Plan(todo=items.filter(pc.invert(same)), carried=carried, removed=removed)
-
-
 def _previous_run(runs_uri: str, card):
-    """(run_id, embeddings table, rejected item ids) of the model's LATEST run, or
-    (None, None, empty set) when there is none."""
+    """(run_id, its ids/URIs/hashes table, rejected item ids) of the model's LATEST run, or
+    (None, None, None) when there is none."""
     from artifacts import embeddings, publish
 
     try:
         run_id = publish.latest_id(runs_uri)
     except publish.NotPublishedError:
-        return None, None, set()
+        return None, None, None
     uri = publish.artifact_uri(runs_uri, run_id)
     manifest = embeddings.read_manifest(uri)
     if manifest.model_id != card.model_id or manifest.embedding_dim != card.embedding_dim:
         log.warning("LATEST run %s was made by %s (dim %d), not %s (dim %d): embedding everything",
                     run_id, manifest.model_id, manifest.embedding_dim, card.model_id, card.embedding_dim)
-        return None, None, set()
-    rejected = set(embeddings.read_errors(uri).column("item_id").to_pylist())
-    return run_id, embeddings.read_table(uri), rejected
+        return None, None, None
+    rejected = embeddings.read_errors(uri).column("item_id").combine_chunks()
+    return run_id, run_plan.previous_keys(uri), rejected
 
 
-def _embedding_path(todo, model_uri: str, card, config: EmbedConfig):
-    """(mode, iterable of embedder output tables) for the items to embed: a small increment
-    through the service when it serves this model, else here; anything larger with Ray Data."""
+def _embedding_path(todo, model_uri: str, card, config: EmbedConfig, run_uri: str):
+    """(mode, iterable of tables) for the items to embed: a small increment through the service
+    when it serves this model, else here (embedder output rows, which this process writes);
+    anything larger with Ray Data, whose workers write the rows (their reports)."""
     if todo.num_rows > config.local_max_items:
-        return "ray-data", _embed_with_ray_data(todo, model_uri, card, config)
+        return "ray-data", ray_pipeline.embed_with_ray_data(todo, model_uri, card, config, run_uri)
     if config.service_url:
         try:
             return "service", embed_via_service(todo, card, url=config.service_url, batch_size=config.batch_size,
@@ -403,97 +382,6 @@ def _root_cause(exc: BaseException) -> str:
         if found:
             return f"{found[-1].group(1)}: {found[-1].group(2)}"[:500]
     return f"{type(chain[-1]).__name__}: {str(chain[-1]).strip()[:400]}"
-
-
-def _embed_with_ray_data(todo, model_uri: str, card, config: EmbedConfig):
-    import ray
-
-    from artifacts import storage
-
-    _ensure_ray(config)
-    remote_args = {}
-    uris = todo.column("image_uri").to_pylist()
-    uses_s3 = storage.is_remote(model_uri) or any(storage.is_remote(u) for u in uris)
-    env = worker_storage_env()
-    if uses_s3 and env and config.forward_storage_env:
-        # Workers get the environment Ray started with, not this process's current one.
-        remote_args["runtime_env"] = {"env_vars": env}
-    fused = config.decode_cpus == config.cpus_per_actor and not config.gpus_per_actor
-    cpus = ray.cluster_resources().get("CPU", 0)
-    biggest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
-    decode_share = 0.0 if fused else config.decode_cpus
-    if not config.address and not os.environ.get("RAY_ADDRESS") and config.cpus_per_actor + decode_share > biggest:
-        # The local Ray this process runs cannot grow: fit one actor and one decode task to it
-        # (a 1-CPU machine gets a 0.5-CPU actor) rather than wait for CPUs that never come.
-        fitted = max(0.25, biggest - decode_share)
-        log.info("this machine's Ray has %g CPUs: one actor of %g CPUs instead of cpus_per_actor=%g",
-                 biggest, fitted, config.cpus_per_actor)
-        config = dataclasses.replace(config, cpus_per_actor=fitted, decode_cpus=fitted if fused else config.decode_cpus)
-        fused = config.decode_cpus == config.cpus_per_actor and not config.gpus_per_actor
-    if config.cpus_per_actor > biggest:
-        log.warning("no node has cpus_per_actor=%g CPUs (the biggest has %g): the job waits until the cluster "
-                    "adds a bigger node; lower cpus_per_actor to run now", config.cpus_per_actor, biggest)
-    if not fused and config.min_actors * config.cpus_per_actor + config.decode_cpus > cpus:
-        # Unless the cluster grows, the actors hold every CPU and no decode task can run.
-        log.warning("min_actors=%d x cpus_per_actor=%g leaves no CPU for decode tasks (decode_cpus=%g) on a "
-                    "cluster with %g CPUs now: the job waits until the cluster scales up", config.min_actors,
-                    config.cpus_per_actor, config.decode_cpus, cpus)
-    bs = config.batch_size
-    pool = ray.data.ActorPoolStrategy(min_size=max(1, config.min_actors),
-                                      max_size=max(1, config.min_actors, config.max_actors))
-    ds = ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
-    ds = ds.map_batches(decode_batch,
-                        fn_kwargs={"spec": card.preprocess_spec.to_dict(), "io_threads": config.io_threads},
-                        batch_size=bs, batch_format="pyarrow", zero_copy_batch=True, num_cpus=config.decode_cpus,
-                        **remote_args)
-    ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model_uri": model_uri,
-                                                         "threads": max(1, math.ceil(config.cpus_per_actor))},
-                        batch_size=bs, batch_format="pyarrow", zero_copy_batch=True,
-                        compute=pool,
-                        num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None, **remote_args)
-    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
-
-
-def worker_storage_env(environ=None) -> dict:
-    """The storage settings (endpoint, region, profile) of ``environ`` (default: this process's)
-    that Ray Data tasks get in their runtime_env: never a key value (:mod:`artifacts.secrets`),
-    since runtime_envs show in the dashboard and the job's metadata; nodes have credentials of
-    their own (a role, a named secret, the environment Ray started with)."""
-    from artifacts.secrets import without_secrets
-
-    environ = os.environ if environ is None else environ
-    return without_secrets({k: environ[k] for k in STORAGE_ENV_VARS if environ.get(k)})
-
-
-def _ensure_ray(config: EmbedConfig) -> None:
-    from artifacts.ray_session import ensure_ray
-
-    ensure_ray(config.address, config.num_cpus)
-
-
-def _split(batch, dim: int):
-    """An embedder output batch → (rows in the embeddings schema, rows for the errors table)."""
-    import pyarrow.compute as pc
-
-    from artifacts.embeddings import ERRORS_SCHEMA, embeddings_schema
-
-    schema = embeddings_schema(dim)
-    ok_mask = pc.is_null(batch.column("error"))
-    ok = batch.filter(ok_mask).select(schema.names).cast(schema)
-    bad = batch.filter(pc.invert(ok_mask)).select(["item_id", "image_uri", "error"])
-    return ok, bad.rename_columns(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA)
-
-
-def _write_parquet(table, uri: str) -> None:
-    import io
-
-    import pyarrow.parquet as pq
-
-    from artifacts import storage
-
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes(uri, buf.getvalue())
 
 
 class _Progress:

@@ -127,10 +127,10 @@ def entrypoint(job: str, args=()) -> str:
 
 def forwarded_env(environ=None) -> dict[str, str]:
     """The settings of this shell that travel to the job: never a secret-looking one."""
-    from .embed_catalogue import STORAGE_ENV_VARS
+    from artifacts import storage
 
     environ = os.environ if environ is None else environ
-    present = {k: environ[k] for k in (*VITRINE_ENV_VARS, *STORAGE_ENV_VARS) if environ.get(k)}
+    present = {k: environ[k] for k in (*VITRINE_ENV_VARS, *storage.ENV_VARS) if environ.get(k)}
     held_back = secrets.secret_names(present)
     if held_back:
         log.info("not forwarded to the job (secrets; the cluster's nodes use their own credentials): %s",

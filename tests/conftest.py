@@ -12,6 +12,12 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# The loopback S3 server's credentials, in the environment every Ray this session starts inherits:
+# what a cluster's nodes have of their own (a role, a Secret). Jobs never pass keys to workers
+# (artifacts.storage.worker_env), and the embedding job's workers write their part files
+# themselves, so without these a worker would write anonymously.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 
 
 def _hypothesis_profiles() -> None:

@@ -22,10 +22,10 @@ def local_cluster():
 def submit_env(monkeypatch, tmp_path):
     """What `vitrine submit` forwards from this process, pinned: storage in this test's tmp dir,
     no dataset or S3 settings leaking in from the shell (the Makefile exports some)."""
-    from jobs.embed_catalogue import STORAGE_ENV_VARS
+    from artifacts.storage import ENV_VARS
     from jobs.submit import VITRINE_ENV_VARS
 
-    for key in (*VITRINE_ENV_VARS, *STORAGE_ENV_VARS):
+    for key in (*VITRINE_ENV_VARS, *ENV_VARS):
         monkeypatch.delenv(key, raising=False)
     root = tmp_path / "store"
     monkeypatch.setenv("VITRINE_STORAGE", str(root))

@@ -459,7 +459,7 @@ def test_allowed_image_prefixes_come_from_config_layers(tmp_path):
 def test_ray_data_tasks_get_storage_settings_but_never_keys():
     env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_DEFAULT_REGION": "eu-west-1", "AWS_PROFILE": "shop",
            "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_SESSION_TOKEN": "tok"}
-    assert embed_catalogue.worker_storage_env(env) == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+    assert storage.worker_env(env) == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
                                                        "AWS_DEFAULT_REGION": "eu-west-1", "AWS_PROFILE": "shop"}
 
 

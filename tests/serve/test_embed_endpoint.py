@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 
 from artifacts import embeddings, storage
 from jobs.embed_catalogue import EmbedConfig, run
-from jobs.embed_stages import Embedder, decode_batch
+from embedding.stages import Embedder, decode_batch
 from tests.jobs.test_embed_catalogue import save_model
 from tests.serve.conftest import EMBED_AUTH, EMBED_KEY, SEARCH_KEY, http, multipart_files
 

@@ -1,7 +1,7 @@
 """The stages of the embedding job: catalogue rows → verified bytes → model inputs → embeddings.
 
 Plain functions of Arrow tables, so Ray Data's tasks and actors, the job's in-process path for
-small increments, the path through a running service (:mod:`jobs.embed_service`) and the tests
+small increments, the path through a running service (:mod:`embedding.service_client`) and the tests
 all run exactly the same code.
 """
 

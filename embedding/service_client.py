@@ -54,7 +54,7 @@ def embed_via_service(todo, card, *, url: str, batch_size: int, io_threads: int,
 def _embed_batch(batch, card, *, url: str, max_images: int, max_bytes: int, io_threads: int, timeout_s: float):
     import numpy as np
 
-    from .embed_stages import embedded_rows, read_verified
+    from .stages import embedded_rows, read_verified
 
     datas, hashes, errors = read_verified(batch, io_threads=io_threads)
     results: dict[int, dict] = {}

@@ -1,0 +1,103 @@
+"""The run plan (what to embed, what to carry) and the streaming carry of unchanged rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from artifacts import embeddings
+from embedding import ray_pipeline, run_plan
+
+DIM = 4
+
+
+def _rows(ids, category="Bag", seed=0):
+    rng = np.random.default_rng(seed)
+    vecs = rng.normal(size=(len(ids), DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    schema = embeddings.embeddings_schema(DIM)
+    n = len(ids)
+    return pa.table({
+        "item_id": ids, "category": [category] * n, "sub_category": [None] * n,
+        "image_uri": [f"/cat/{i}.png" for i in ids], "content_sha256": [f"h-{i}" for i in ids],
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), DIM),
+        "predicted_category": [category] * n, "confidence": pa.array([0.9] * n, pa.float32()),
+        "model_id": ["m"] * n, "embedded_at": pa.array([0] * n, pa.timestamp("ms", tz="UTC")),
+    }, schema=schema)
+
+
+def _published_run(tmp_path, rows, rows_per_file=7):
+    run = str(tmp_path / "run-1")
+    writer = embeddings.RunWriter(run, DIM, rows_per_file)
+    writer.write(rows)
+    writer.close()
+    manifest = embeddings.RunManifest(run_id="run-1", model_id="m", catalogue="/cat", embedding_dim=DIM,
+                                      counts={"total": rows.num_rows, "failed": 0})
+    (tmp_path / "run-1" / embeddings.MANIFEST).write_text(manifest.to_json())
+    return run
+
+
+def _items(ids, hashes=None, uris=None, category="Bag"):
+    return pa.table({"item_id": ids, "image_uri": uris or [f"/cat/{i}.png" for i in ids],
+                     "category": [category] * len(ids), "sub_category": pa.nulls(len(ids), pa.string()),
+                     "content_sha256": hashes or [f"h-{i}" for i in ids]})
+
+
+def test_the_plan_reads_ids_uris_and_hashes_only_and_carries_what_is_the_same(tmp_path):
+    previous_rows = _rows([f"i{k}" for k in range(20)])
+    run = _published_run(tmp_path, previous_rows)
+    keys = run_plan.previous_keys(run)
+    assert keys.column_names == run_plan.KEY_COLUMNS  # never the embeddings
+
+    ids = [f"i{k}" for k in range(2, 20)] + ["new1"]  # i0, i1 removed; new1 added
+    hashes = [f"h-{i}" for i in ids]
+    hashes[0] = "other"  # i2 changed content
+    uris = [f"/cat/{i}.png" for i in ids]
+    uris[1] = "/cat/moved.png"  # i3 moved: read again, never carried to a new location unread
+    items = _items(ids, hashes, uris)
+    plan = run_plan.plan(items, keys)
+    assert sorted(plan.todo.column("item_id").to_pylist()) == ["i2", "i3", "new1"]
+    assert plan.carried == 16 and plan.removed == 2
+    counts = run_plan.kinds(plan.todo.column("item_id").combine_chunks(), keys.column("item_id"),
+                            pa.array(["new1"]))
+    assert counts == {"changed": 2, "retried": 1, "new": 0}
+
+
+def test_carrying_streams_the_kept_rows_with_the_catalogue_s_current_category(tmp_path):
+    previous_rows = _rows([f"i{k}" for k in range(30)], category="Bag")
+    run = _published_run(tmp_path, previous_rows)
+    ids = [f"i{k}" for k in range(30) if k % 3]
+    items = _items(ids, category="Sandal")  # the catalogue moved every item to another category
+    plan = run_plan.plan(items, run_plan.previous_keys(run))
+    out = str(tmp_path / "run-2")
+    writer = embeddings.RunWriter(out, DIM, 1000)
+    assert run_plan.carry(run, plan, items, writer) == len(ids)
+    writer.close()
+    got = pq.read_table(str(tmp_path / "run-2" / "data"))
+    assert sorted(got.column("item_id").to_pylist()) == sorted(ids)
+    assert set(got.column("category").to_pylist()) == {"Sandal"}
+    before = {r["item_id"]: r["embedding"] for r in previous_rows.to_pylist()}
+    for row in got.to_pylist():  # the embedding itself is carried unchanged
+        assert row["embedding"] == pytest.approx(before[row["item_id"]])
+
+
+def test_the_workers_block_writer_and_the_removal_of_files_no_report_names(tmp_path):
+    run = str(tmp_path / "run")
+    rows = _rows(["a", "b", "c"])
+    out = rows.append_column("error", pa.array([None, "cannot decode image: truncated", None], pa.string()))
+    report = ray_pipeline.write_block(out, run_uri=run, dim=DIM)
+    row = report.to_pylist()[0]
+    assert row["rows"] == 2 and row["failed"] == 1
+    data = pq.read_table(str(tmp_path / "run" / "data" / row["data_file"]))
+    assert data.column("item_id").to_pylist() == ["a", "c"] and data.schema == embeddings.embeddings_schema(DIM)
+    errors = embeddings.read_errors_dir(run)
+    assert errors.column("item_id").to_pylist() == ["b"] and "truncated" in errors.column("reason")[0].as_py()
+
+    stray = ray_pipeline.write_block(out, run_uri=run, dim=DIM).to_pylist()[0]  # a retried task's output
+    reported = {embeddings.DATA_DIR: {row["data_file"]}, embeddings.ERRORS_DIR: {row["errors_file"]}}
+    assert ray_pipeline.remove_unreported(run, reported) == 2
+    assert embeddings.part_files(run, embeddings.DATA_DIR) == [row["data_file"]]
+    assert stray["data_file"] not in embeddings.part_files(run, embeddings.DATA_DIR)
+    assert embeddings.read_errors_dir(run).num_rows == 1
