@@ -1,6 +1,7 @@
 """The KubeRay manifests (cluster/k8s/) and the nightly CronJob agree with the code they run: real
-commands and files, the installed Ray, the project's dependencies, serve/config.yaml and
-ray_cluster.yaml. No Kubernetes needed: these are the mistakes a cluster would only show at 2 a.m."""
+commands and files, the installed Ray, serve/config.yaml and ray_cluster.yaml (their images and
+that nothing installs at start: tests/cluster/test_images.py). No Kubernetes needed: these are
+the mistakes a cluster would only show at 2 a.m."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import ray
 import yaml
 
 from jobs.cli import COMMANDS
-from jobs.submit import project_requirements
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "cluster" / "k8s"
@@ -154,13 +154,13 @@ def test_serve_pods_read_api_keys_from_the_mounted_secret_and_the_nightly_job_se
 
 
 def test_images_match_the_installed_ray_and_ray_cluster_yaml():
-    launcher_image = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())["docker"]["image"]
-    repo, tag = launcher_image.split(":")
-    python_tag = tag.split("-")[1]  # "2.60.0-py311-gpu" -> "py311"
-    assert tag.startswith(f"{ray.__version__}-")
-    allowed = {f"{repo}:{ray.__version__}-{python_tag}", f"{repo}:{ray.__version__}-{python_tag}-gpu"}
-    images = [c["image"] for p in [*MANIFESTS, CRONJOB] for d in docs(p) for c in containers(d)]
-    assert images and set(images) <= allowed, set(images) - allowed
+    launcher = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    launcher_images = {launcher["docker"]["image"]} | {
+        t["docker"]["worker_image"] for t in launcher["available_node_types"].values() if "docker" in t}
+    images = {c["image"] for p in [*MANIFESTS, CRONJOB] for d in docs(p) for c in containers(d)}
+    assert images and images == launcher_images, images ^ launcher_images
+    for image in images:  # the project's image tags start with the Ray it is built on (make image-tag)
+        assert image.split(":")[1].startswith(f"{ray.__version__}-"), image
 
 
 def test_worker_groups_match_the_launcher_config():
@@ -176,7 +176,7 @@ def test_worker_groups_match_the_launcher_config():
     assert spec["autoscalerOptions"]["idleTimeoutSeconds"] == launcher["idle_timeout_minutes"] * 60
 
 
-def test_the_rayjob_runs_a_real_grid_with_the_projects_gpu_dependencies():
+def test_the_rayjob_runs_a_real_grid_with_the_project_from_object_storage():
     job = one(K8S / "rayjob-tune.yaml", "RayJob")["spec"]
     command, args = vitrine_command(job["entrypoint"])
     assert command == "tune"
@@ -188,7 +188,7 @@ def test_the_rayjob_runs_a_real_grid_with_the_projects_gpu_dependencies():
     assert job["shutdownAfterJobFinishes"] is True
     env = yaml.safe_load(job["runtimeEnvYAML"])
     assert env["working_dir"].startswith("s3://") and env["working_dir"].endswith(".zip")
-    assert sorted(env["pip"]) == sorted(project_requirements(gpu=True))
+    assert "pip" not in env  # the GPU image has tensorflow[and-cuda] (Dockerfile)
     submitter = job["submitterPodTemplate"]["spec"]["containers"][0]
     token = {e["name"]: e for e in submitter["env"]}["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert token["name"] == job["rayClusterSpec"]["authOptions"]["secretName"]
@@ -206,7 +206,7 @@ def test_the_rayservice_carries_serve_config_yaml():
     for app in apps:
         env = app.pop("runtime_env")
         assert env["working_dir"].startswith("s3://")  # serveConfigV2 takes no local paths
-        assert sorted(env["pip"]) == sorted(project_requirements(gpu=False))
+        assert "pip" not in env  # the image has the dependencies the models were saved with
     # Same applications, import paths, args, deployments and autoscaling: copy serve/config.yaml's
     # text into serveConfigV2 (indented) whenever it changes.
     assert deployed == local, "cluster/k8s/rayservice.yaml serveConfigV2 differs from serve/config.yaml"
@@ -230,7 +230,7 @@ def test_the_nightly_cronjob_submits_a_real_job_to_the_raycluster():
     assert secret["name"] == raycluster["spec"]["authOptions"]["secretName"] and secret["key"] == "auth_token"
     runtime_env = json.loads(script.split("--runtime-env-json '", 1)[1].split("'", 1)[0])
     assert runtime_env["working_dir"].startswith("s3://")
-    assert sorted(runtime_env["pip"]) == sorted(project_requirements(gpu=False))
+    assert "pip" not in runtime_env  # the RayCluster's image has the dependencies
 
 
 def test_the_nightly_job_reaches_the_rayservice_for_small_increments():

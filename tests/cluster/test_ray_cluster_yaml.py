@@ -17,4 +17,6 @@ def test_cluster_yaml_validates_with_rays_schema():
     assert any("gpu" in name for name in types) and any("cpu" in name for name in types)
     import ray
 
-    assert ray.__version__ in raw["docker"]["image"], "the cluster image must match the installed Ray"
+    # The project's image tag starts with the Ray it is built on (Makefile image-tag, Dockerfile).
+    assert raw["docker"]["image"].split(":")[1].startswith(f"{ray.__version__}-"), "the image must match the installed Ray"
+    assert types["gpu_worker"]["docker"]["worker_image"].endswith("-gpu")
