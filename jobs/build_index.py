@@ -57,6 +57,10 @@ class BuildIndexConfig:
     min_recall: float = 0.9  # refuse to publish an index whose recall@10 is below this
     publish: bool = True
     smoke_test: bool = False  # the first 2,000 items, fewer recall queries, LATEST untouched
+    # An index larger than one Search replica's memory is built as shards (artifacts/index_shards.py)
+    # of at most this many bytes of files (estimated) or items each; both 0 = one plain index.
+    shard_max_bytes: int = 0
+    shard_max_items: int = 0
 
 
 @dataclass
@@ -151,8 +155,15 @@ def run(config: BuildIndexConfig) -> BuildIndexResult:
     if not ids:
         raise IndexBuildError(f"embeddings run {run_uri} holds no items; nothing to index")
     log.info("indexing %d items (dim %d) of embeddings run %s", len(ids), vectors.shape[1], run_uri)
-    index = HnswIndex.build(ids, cats, vectors, M=config.M, ef_construction=config.ef_construction, ef=config.ef,
-                            exact_below=config.exact_below, seed=config.seed, num_threads=config.num_threads)
+    params = dict(M=config.M, ef_construction=config.ef_construction, ef=config.ef, exact_below=config.exact_below,
+                  seed=config.seed, num_threads=config.num_threads)
+    if config.shard_max_bytes or config.shard_max_items:
+        from artifacts.index_shards import ShardedIndex
+
+        index = ShardedIndex.build(ids, cats, vectors, max_bytes_per_shard=config.shard_max_bytes,
+                                   max_items_per_shard=config.shard_max_items, **params)
+    else:
+        index = HnswIndex.build(ids, cats, vectors, **params)
     recall = index.measure_recall(k=10, sample=config.recall_queries, seed=config.seed)
     filtered = index.measure_recall(k=10, sample=config.recall_queries, seed=config.seed, category="own")
     log.info("recall@10 vs exact on %d catalogue queries: %.4f (within own category: %.4f)",

@@ -10,7 +10,7 @@ from ray.serve import Application
 
 from artifacts import storage
 
-from .args import AppArgs
+from .args import AppArgs, search_slot_name
 from .classifier import Classifier
 from .ingress import Ingress
 from .search import Search
@@ -21,5 +21,9 @@ def build_app(args: AppArgs) -> Application:
     root = args.storage or storage.default_root()
     args = args.model_copy(update={"storage": root})
     classifier = Classifier.bind(root, keep=args.versions_kept)
-    search = Search.bind(root, keep=args.versions_kept, ef=args.search_ef)
-    return Ingress.bind(classifier, search, args.model_dump())
+    # One Search deployment per slot; each serves its share of a sharded index's shards.
+    searches = [Search.options(name=search_slot_name(s)).bind(root, keep=args.versions_kept, ef=args.search_ef, slot=s,
+                                                         slots=args.search_shards,
+                                                         memory_budget_bytes=args.search_memory_budget_bytes)
+                for s in range(args.search_shards)]
+    return Ingress.bind(classifier, searches, args.model_dump())

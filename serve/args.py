@@ -9,6 +9,12 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def search_slot_name(slot: int) -> str:
+    """The Search deployment of slot ``slot``; slot 0 keeps the name ``Search``, so configs
+    written before sharding still apply to it."""
+    return "Search" if slot == 0 else f"Search-{slot}"
+
+
 class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -32,6 +38,12 @@ class AppArgs(BaseModel):
     default_k: int = Field(30, ge=1)
     max_k: int = Field(200, ge=1)
     search_ef: int = Field(0, ge=0)  # hnswlib ef at query time; 0 = the index's own setting
+    # Search deployments (slots) serving an index's shards (artifacts/index_shards.py): slot s is
+    # deployment "Search" (s = 0) or "Search-<s>" and holds shards s, s + slots, ...
+    search_shards: int = Field(1, ge=1, le=64)
+    # What one Search replica may hold: a replica whose shards' files (plus a per-item allowance)
+    # exceed it refuses that index version, and the ingress keeps serving the one it has. 0 = no limit.
+    search_memory_budget_bytes: int = Field(0, ge=0)
     versions_kept: int = Field(2, ge=1)  # per replica: the serving version and the one before it
     # API keys (serve/auth.py): a file path, never the keys. "" = $VITRINE_API_KEYS_FILE; /v1/embed
     # always needs a key with scope "embed"; classify and search need one only with search_requires_key.

@@ -56,11 +56,14 @@ def load_config(path: str | Path = CONFIG_FILE, *, args: dict | None = None,
     app["args"] = {**(app.get("args") or {}), **{k: v for k, v in (args or {}).items() if v is not None}}
     root = app["args"].get("storage") or storage.default_root()
     app["args"]["storage"] = root if storage.is_remote(root) else os.path.abspath(root)
+    copies = _search_slots(app, path)
     known = {d["name"]: d for d in app.get("deployments", [])}
     for name, options in (deployments or {}).items():
-        if name not in known:
-            raise DeployError(f"no deployment {name!r} in {path}; it has {', '.join(known)}")
-        known[name].update(_merge(known[name], options))
+        if name not in known or name in copies:
+            raise DeployError(f"no deployment {name!r} in {path}; it has {', '.join(n for n in known if n not in copies)}")
+        # Options given for Search apply to the slots copied from it.
+        for each in [name, *(copies if name == "Search" else ())]:
+            known[each].update(_merge(known[each], options))
     if http:
         config["http_options"] = {**(config.get("http_options") or {}), **http}
     if forward_env:
@@ -76,6 +79,24 @@ def load_config(path: str | Path = CONFIG_FILE, *, args: dict | None = None,
                               "secret-looking values never go into a runtime_env, where the dashboard and "
                               "`serve status` show them; give the nodes the credentials instead")
     return config
+
+
+def _search_slots(app: dict, path) -> list[str]:
+    """Add a copy of the ``Search`` deployment's options for each search slot past the first
+    (``search_shards``) that the file does not list; returns their names. Slots it lists keep
+    their own options; a slot beyond ``search_shards`` is a mistake (Serve would refuse it)."""
+    from .args import search_slot_name
+
+    slots = int(app["args"].get("search_shards") or 1)
+    deployments = app.setdefault("deployments", [])
+    listed = {d["name"] for d in deployments}
+    extra = sorted(n for n in listed if n.startswith("Search-") and n not in {search_slot_name(s) for s in range(slots)})
+    if extra:
+        raise DeployError(f"{path} lists {', '.join(extra)} but search_shards is {slots}")
+    base = next((d for d in deployments if d["name"] == "Search"), {"name": "Search"})
+    copies = [search_slot_name(s) for s in range(1, slots) if search_slot_name(s) not in listed]
+    deployments.extend({**copy.deepcopy(base), "name": name} for name in copies)
+    return copies
 
 
 def deploy(config: dict, *, timeout_s: float = 300.0) -> str:

@@ -2,7 +2,9 @@
 
 A request is decoded and preprocessed here once (the same function as training and embedding),
 classified by the Classifier, then searched by Search, both pinned to the version this replica
-serves at the moment the request arrived. The served version is re-read from storage every
+serves at the moment the request arrived. A sharded index is served by several Search slots
+(``search_shards``): a query asks the slots holding its category (all of them for
+``category=all``) and their hits are merged. The served version is re-read from storage every
 ``poll_interval_s``; a new one is warmed on a replica of each deployment before it is used, and
 one that cannot be served is refused with a log line while the old one keeps serving. A warm-up
 that fails for a reason that may pass (storage, timeout, lost replica) is tried again later.
@@ -30,6 +32,7 @@ from ray.serve.exceptions import BackPressureError
 from starlette.concurrency import run_in_threadpool
 
 from artifacts import catalogue, storage
+from artifacts.index_shards import merge_top_k, slot_of
 from artifacts.logs import setup_logging
 from artifacts.preprocess import (ImageDecodeError, PreprocessSpec, header_pixels, preprocess_bytes,
                                   preprocess_or_reason)
@@ -95,7 +98,8 @@ class Ingress:
     def __init__(self, classifier, search, args: dict):
         setup_logging()
         self.classifier = classifier
-        self.search = search
+        # One handle per search slot (serve/search.py); a sharded index's shards are spread over them.
+        self.searches = list(search) if isinstance(search, (list, tuple)) else [search]
         self.args = AppArgs(**args)
         self.root = self.args.storage or storage.default_root()
         self.keys = ApiKeys(self.args.api_keys_file)
@@ -155,11 +159,7 @@ class Ingress:
                     raise versions.VersionRejected(f"model {candidate.model_id} produces {model['embedding_dim']}-"
                                                    f"dimensional embeddings, its card says {candidate.embedding_dim}")
                 if candidate.index_id:
-                    index = await asyncio.wait_for(self.search.warm.remote(candidate.index_id), timeout)
-                    if index["model_id"] != candidate.model_id or index["embedding_dim"] != candidate.embedding_dim:
-                        raise versions.VersionRejected(
-                            f"index {candidate.index_id} (model {index['model_id']}, dim {index['embedding_dim']}) "
-                            f"does not match model {candidate.model_id} (dim {candidate.embedding_dim})")
+                    await asyncio.wait_for(self._warm_search(candidate), timeout)
             except Exception as exc:
                 if versions.is_permanent(exc):
                     self.retries.succeeded(candidate.key)
@@ -176,6 +176,48 @@ class Ingress:
             log.info("now serving model %s with index %s (%d items)%s", candidate.model_id, candidate.index_id,
                      candidate.index_items,
                      f"; was model {previous.model_id} with index {previous.index_id}" if previous else "")
+
+    async def _warm_search(self, candidate: versions.ServingVersion) -> None:
+        """Load the index on a replica of every search slot; the version serves only once every
+        shard is loaded somewhere, so a query never meets a slot without its shards."""
+        infos = await asyncio.gather(*(h.warm.remote(candidate.index_id) for h in self.searches))
+        for index in infos:
+            if index["model_id"] != candidate.model_id or index["embedding_dim"] != candidate.embedding_dim:
+                raise versions.VersionRejected(
+                    f"index {candidate.index_id} (model {index['model_id']}, dim {index['embedding_dim']}) "
+                    f"does not match model {candidate.model_id} (dim {candidate.embedding_dim})")
+        held = sorted(s for index in infos for s in index.get("shards", [0]))
+        items = sum(int(index["items"]) for index in infos)
+        if held != list(range(candidate.shards)) or items != candidate.index_items:
+            raise versions.VersionRejected(
+                f"index {candidate.index_id}: its {candidate.shards} shard(s) of {candidate.index_items} items are "
+                f"served as shards {held} holding {items} items by {len(self.searches)} search slot(s)")
+
+    def _slots(self, v: versions.ServingVersion, category: str | None = None) -> list:
+        """Handles of the search slots holding shards of ``category`` (``None``: every shard)."""
+        return [self.searches[n] for n in sorted({slot_of(s, len(self.searches)) for s in v.shards_for(category)})]
+
+    async def _search(self, v: versions.ServingVersion, embedding, k: int, category: str | None) -> list[dict]:
+        slots = self._slots(v, category)
+        if len(slots) == 1:
+            return await call(slots[0].search, embedding, v.index_id, k, category)
+        parts = await asyncio.gather(*(call(h.search_scored, embedding, v.index_id, k, category) for h in slots))
+        return [hit for _, hit in merge_top_k(parts, k, lambda scored: scored[0])]
+
+    async def _image_location(self, v: versions.ServingVersion, item_id: str) -> dict | None:
+        # An item id does not say its shard (its category decides): every slot holding shards is asked.
+        found = await asyncio.gather(*(call(h.image_location, v.index_id, item_id) for h in self._slots(v)))
+        return next((f for f in found if f), None)
+
+    async def _samples(self, v: versions.ServingVersion, per_category: int) -> list[dict]:
+        parts = await asyncio.gather(*(call(h.samples, v.index_id, per_category) for h in self._slots(v)))
+        rows, taken = [], {}
+        for row in sorted((r for part in parts for r in part), key=lambda r: r["category"] or ""):
+            # A hash-split category has items in several slots, each of which sent its own samples.
+            if taken.get(row["category"], 0) < per_category:
+                taken[row["category"]] = taken.get(row["category"], 0) + 1
+                rows.append(row)
+        return rows
 
     def _keeping(self) -> str:
         v = self.version
@@ -315,7 +357,7 @@ class Ingress:
             if not v.index_id:
                 return {"samples": []}
             per = self._int_param(request, "per_category", 2, 1, 20)
-            rows = await call(self.search.samples, v.index_id, per)
+            rows = await self._samples(v, per)
             return {"samples": [{**r, "image_url": f"/v1/items/{r['item_id']}/image"} for r in rows]}
         return await self._handle("samples", request, work)
 
@@ -353,7 +395,7 @@ class Ingress:
                 category = classes[0]["name"] if classes[0]["name"] in v.categories else None
             elif wanted != "all":
                 category = wanted
-            hits = await call(self.search.search, out["embedding"], v.index_id, k, category)
+            hits = await self._search(v, out["embedding"], k, category)
             return {"model_id": v.model_id, "index_id": v.index_id, "predicted": classes[0]["name"],
                     "classes": classes, "category": category, "k": k,
                     "results": [{**h, "image_url": f"/v1/items/{h['item_id']}/image"} for h in hits],
@@ -422,7 +464,7 @@ class Ingress:
             if not catalogue.is_item_id(item_id):
                 raise ApiError(400, f"invalid item id: {catalogue.ITEM_ID_RULE}")
             v = await self._serving()
-            found = await call(self.search.image_location, v.index_id, item_id) if v.index_id else None
+            found = await self._image_location(v, item_id) if v.index_id else None
             if not found:
                 raise ApiError(404, f"no catalogue item {item_id!r} in index {v.index_id}")
             roots = tuple(self.args.catalogue_roots) or tuple(found["roots"])

@@ -1,5 +1,9 @@
 """Search deployment: an HNSW index loaded once per replica; top-k neighbours of an embedding,
-optionally within one category. Each request names the index version it was started with."""
+optionally within one category. Each request names the index version it was started with.
+
+An index split into shards (:mod:`artifacts.index_shards`) is served by ``slots`` deployments of
+this class (``Search``, ``Search-1``, ...; :func:`serve.args.search_slot_name`), each loading only the shards
+``s`` with ``s % slots == slot``; the ingress asks the slots a query needs and merges them."""
 
 from __future__ import annotations
 
@@ -18,20 +22,26 @@ log = logging.getLogger("vitrine.serve")
 
 @serve.deployment(name="Search")
 class Search:
-    def __init__(self, storage_root: str, keep: int = 2, ef: int = 0, threads: int = 1):
+    def __init__(self, storage_root: str, keep: int = 2, ef: int = 0, threads: int = 1, slot: int = 0,
+                 slots: int = 1, memory_budget_bytes: int = 0):
         setup_logging()
         self.indexes_uri = storage.join(storage_root, "indexes")
         self.ef, self.threads = ef, threads
-        self.indexes: VersionCache = VersionCache(self._load, keep=keep, what="index")
+        self.slot, self.slots, self.memory_budget_bytes = slot, slots, memory_budget_bytes
+        self.indexes: VersionCache = VersionCache(self._load, keep=keep, what=f"index (search slot {slot})")
 
     def _load(self, index_id: str) -> CatalogueSearcher:
-        return CatalogueSearcher(publish.artifact_uri(self.indexes_uri, index_id), ef=self.ef, threads=self.threads)
+        return CatalogueSearcher(publish.artifact_uri(self.indexes_uri, index_id), ef=self.ef, threads=self.threads,
+                                 slot=self.slot, slots=self.slots, memory_budget_bytes=self.memory_budget_bytes)
 
     async def warm(self, index_id: str) -> dict:
         return (await self.indexes.get(index_id)).info()
 
     async def search(self, embedding, index_id: str, k: int, category: str | None) -> list[dict]:
         return (await self.indexes.get(index_id)).search(embedding, k, category)
+
+    async def search_scored(self, embedding, index_id: str, k: int, category: str | None) -> list:
+        return (await self.indexes.get(index_id)).search_scored(embedding, k, category)
 
     async def image_uri(self, index_id: str, item_id: str) -> str | None:
         return (await self.indexes.get(index_id)).image_uri(item_id)

@@ -1,4 +1,5 @@
-"""The search replica's logic without Ray: a published index plus where each item's image lives."""
+"""The search replica's logic without Ray: a published index (or the shards of it that this search
+slot serves, see :mod:`artifacts.index_shards`) plus where each item's image lives."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import time
 import numpy as np
 
 from artifacts import embeddings
-from artifacts.hnsw_index import HnswIndex, IndexLoadError, UnknownCategoryError
+from artifacts.hnsw_index import IndexLoadError, UnknownCategoryError
+from artifacts.index_shards import ShardedIndex
 
 log = logging.getLogger("vitrine.serve")
 
@@ -16,10 +18,13 @@ __all__ = ["CatalogueSearcher", "UnknownCategoryError", "IndexLoadError"]
 
 
 class CatalogueSearcher:
-    def __init__(self, index_uri: str, *, ef: int = 0, threads: int = 1):
+    def __init__(self, index_uri: str, *, ef: int = 0, threads: int = 1, slot: int = 0, slots: int = 1,
+                 memory_budget_bytes: int = 0):
         t0 = time.time()
         # The model/index dimension match is checked by the ingress before a version serves.
-        self.index = HnswIndex.load(index_uri, num_threads=threads)
+        self.index = ShardedIndex.load(index_uri, slot=slot, slots=slots, num_threads=threads,
+                                       memory_budget_bytes=memory_budget_bytes)
+        self.slot, self.slots = slot, slots
         if ef:
             self.index.set_ef(ef)
         manifest = self.index.manifest
@@ -27,8 +32,9 @@ class CatalogueSearcher:
         self.model_id = manifest.model_id
         self.dim = self.index.dim
         self._image_uri, self._sub_category = self._item_locations(manifest.source_embeddings)
-        log.info("index %s loaded: %d items, dim %d, %d categories, %.1f s", self.index_id, len(self.index),
-                 self.dim, len(self.index.category_names), time.time() - t0)
+        log.info("index %s loaded: %d items, dim %d, %d categories, shard(s) %s of %d (search slot %d of %d), "
+                 "%.1f s", self.index_id, len(self.index), self.dim, len(self.index.category_counts()),
+                 ",".join(map(str, self.index.shards)) or "none", self.index.plan.shards, slot, slots, time.time() - t0)
 
     def _item_locations(self, run_uri: str) -> tuple[dict[str, str], dict[str, str]]:
         """item id → image URI, and item id → sub-category (only items that have one), from the
@@ -36,10 +42,15 @@ class CatalogueSearcher:
 
         Only ids in the first map are ever turned into a storage read, so a request cannot name a path.
         """
-        if not run_uri:
+        if not run_uri or not len(self.index):
             return {}, {}
         try:
             table = embeddings.read_table(run_uri, columns=["item_id", "image_uri", "sub_category"])
+            if self.index.plan.shards > 1:  # only the items this slot holds: the map grows with the catalogue
+                import pyarrow as pa
+                import pyarrow.compute as pc
+
+                table = table.filter(pc.is_in(table.column("item_id"), value_set=pa.array(self.index.item_ids.astype(str))))
         except Exception as exc:  # images are a convenience; search works without them
             log.warning("index %s: cannot read image locations from %s (%s); item images will 404",
                         self.index_id, run_uri, exc)
@@ -50,6 +61,11 @@ class CatalogueSearcher:
 
     def search(self, embedding, k: int, category: str | None = None) -> list[dict]:
         """Top-``k`` items for one unit-length embedding, best first; ``category`` None = all."""
+        return [hit for _, hit in self.search_scored(embedding, k, category)]
+
+    def search_scored(self, embedding, k: int, category: str | None = None) -> list[tuple[float, dict]]:
+        """:meth:`search` with each hit's unrounded similarity, which the ingress merges the
+        answers of several search slots by."""
         hits = self.index.search(np.asarray(embedding, np.float32)[None, :], k=k, category=category)[0]
         out = []
         for h in hits:
@@ -58,7 +74,7 @@ class CatalogueSearcher:
             sub = self._sub_category.get(h.item_id)
             if sub is not None:  # nested catalogues only: flat ones keep their response shape
                 hit["sub_category"] = sub
-            out.append(hit)
+            out.append((float(h.similarity), hit))
         return out
 
     def image_uri(self, item_id: str) -> str | None:
@@ -74,10 +90,10 @@ class CatalogueSearcher:
         """A few items of each category (for the page's "pick a sample"); stable for an index."""
         rng = np.random.default_rng(seed)
         out = []
-        for j, name in enumerate(self.index.category_names):
-            members = self.index.category_members[j]
-            for pos in rng.choice(members, size=min(per_category, len(members)), replace=False):
-                item = str(self.index.item_ids[pos])
+        for name in self.index.category_names:
+            members = self.index.members(name)  # empty where this slot holds none of the category
+            for pos in rng.choice(len(members), size=min(per_category, len(members)), replace=False):
+                item = members[pos]
                 if item in self._image_uri:
                     out.append({"item_id": item, "category": name})
         return out
@@ -87,4 +103,6 @@ class CatalogueSearcher:
         m = self.index.manifest
         return {"index_id": self.index_id, "model_id": self.model_id, "items": len(self.index),
                 "embedding_dim": self.dim, "categories": self.index.category_counts(),
-                "recall_at_10": m.recall_at_10, "created_at": m.created_at, "ef": self.index.ef}
+                "recall_at_10": m.recall_at_10, "created_at": m.created_at, "ef": self.index.ef,
+                "shards": sorted(self.index.shards), "of_shards": self.index.plan.shards,
+                "slot": self.slot, "slots": self.slots}

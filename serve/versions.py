@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from artifacts import model_artifact, publish, storage
+from artifacts import index_shards, model_artifact, publish, storage
 from artifacts.hnsw_index import MANIFEST as INDEX_MANIFEST
 from artifacts.hnsw_index import IndexLoadError, IndexManifest
 from artifacts.model_card import CARD_FILE, ModelCard
@@ -47,6 +47,19 @@ class ServingVersion:
     index_items: int = 0
     categories: tuple[str, ...] = ()  # the index's categories (what ``category=`` may name)
     published_at: float = 0.0  # of the index, from its LATEST pointer (0 when pinned)
+    # A sharded index (artifacts/index_shards.py): each shard's categories, which tell the ingress
+    # which search slots a query must ask. () = a plain index, one shard holding everything.
+    shard_categories: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def shards(self) -> int:
+        return max(1, len(self.shard_categories))
+
+    def shards_for(self, category: str | None) -> list[int]:
+        """The shards holding items of ``category`` (``None``: all)."""
+        if category is None or not self.shard_categories:
+            return list(range(self.shards))
+        return [s for s, names in enumerate(self.shard_categories) if category in names]
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -92,13 +105,14 @@ def resolve(root: str, *, model: str = FOLLOW_INDEX, index: str = FOLLOW_LATEST)
     models_uri = model_artifact.models_root(root)
     indexes_uri = storage.join(root, "indexes")
     index_id = _latest(indexes_uri) if index == FOLLOW_LATEST else publish.check_id(index)
-    manifest = None
+    manifest, layout = None, None
     if index_id is not None:
         index_uri = publish.artifact_uri(indexes_uri, index_id)
+        document = _read_json(storage.join(index_uri, INDEX_MANIFEST), "index manifest")
         try:
-            manifest = IndexManifest.from_json(json.dumps(_read_json(storage.join(index_uri, INDEX_MANIFEST),
-                                                                     "index manifest")))
-        except IndexLoadError as exc:
+            manifest = IndexManifest.from_json(json.dumps(document))
+            layout = index_shards.read_layout(document)
+        except (IndexLoadError, KeyError, TypeError, ValueError) as exc:
             raise VersionRejected(f"index {index_id}: {exc}") from None
     if model == FOLLOW_INDEX:
         model_id = manifest.model_id if manifest is not None else _latest(models_uri)
@@ -118,4 +132,6 @@ def resolve(root: str, *, model: str = FOLLOW_INDEX, index: str = FOLLOW_LATEST)
                           index_id=index_id, index_uri=index_uri if index_id else None,
                           index_items=int(manifest.counts.get("items", 0)) if manifest else 0,
                           categories=tuple(sorted(manifest.counts.get("categories", {}))) if manifest else (),
-                          published_at=_published_at(indexes_uri) if index == FOLLOW_LATEST and manifest else 0.0)
+                          published_at=_published_at(indexes_uri) if index == FOLLOW_LATEST and manifest else 0.0,
+                          shard_categories=tuple(tuple(layout[0].categories_of(s)) for s in range(layout[0].shards))
+                          if layout else ())
