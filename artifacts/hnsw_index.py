@@ -7,9 +7,14 @@ a directory (local or ``s3://``)::
 
     index.bin               hnswlib index over every item; labels are row positions
     categories/<j>.bin      one hnswlib sub-index per large category (see the comment on FILTER_STRATEGIES)
-    items.parquet           row position -> item_id, category (the id map)
+    items.parquet           row position -> item_id, category, content_sha256, deleted (the id map)
     vectors.npy             the float32 vectors, for exact search and small categories
     index_manifest.json     written last; its presence marks a complete index
+
+An index updated in place (:mod:`artifacts.index_update`) keeps tombstones: rows marked
+``deleted`` stay at their position (labels never move) and are ``mark_deleted`` in every graph
+that holds them; no search path returns them, and ``len(index)`` counts live items only.
+Format 1 indexes (no ``content_sha256``/``deleted`` columns) still load, with no tombstones.
 
 The manifest records the embeddings run it was built from, the model, counts, dimension,
 parameters, the recall@10 measured against exact search, and the build time; ``load`` checks
@@ -42,7 +47,7 @@ INDEX_FILE = "index.bin"
 ITEMS_FILE = "items.parquet"
 VECTORS_FILE = "vectors.npy"
 CATEGORY_DIR = "categories"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tombstones (items.deleted, counts.positions/deleted), content hashes
 SPACE = "ip"
 NORM_TOLERANCE = 1e-3
 
@@ -109,7 +114,7 @@ class IndexManifest:
     source_embeddings: str
     embeddings_run_id: str
     embedding_dim: int
-    counts: dict  # {"items": N, "categories": {name: n}, "uncategorised": n}
+    counts: dict  # {"items": live N, "positions": rows, "deleted": tombstones, "categories": {name: n}, "uncategorised": n}
     params: dict  # M, ef_construction, ef, exact_below, seed, space, filter_strategy
     recall_at_10: float | None
     recall: dict = field(default_factory=dict)  # how recall was measured, and filtered recall
@@ -120,6 +125,8 @@ class IndexManifest:
     # Where the items' images may be read (artifacts.catalogue.catalogue_roots of the embedded
     # catalogue); the item-image route opens nothing outside them. Empty (older indexes): nothing.
     catalogue_roots: list = field(default_factory=list)
+    # How it was made: {"mode": "full"|"incremental", "reason", "previous_index", "added", "deleted", ...}.
+    update: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -212,6 +219,39 @@ def recall_at_k(approx: np.ndarray, exact_sims: np.ndarray, approx_sims: np.ndar
     return float(np.mean(np.minimum(hits[valid], wanted[valid]) / wanted[valid])) if valid.any() else float("nan")
 
 
+def validate_items(ids: np.ndarray, cats: list, vecs: np.ndarray) -> None:
+    """Raise :class:`IndexBuildError` unless ``vecs`` are finite unit rows, one per unique id and category."""
+    n = len(ids)
+    if vecs.ndim != 2 or vecs.shape[0] != n or vecs.shape[1] < 1:
+        raise IndexBuildError(f"vectors must have shape ({n}, dim) for {n} item ids; got {vecs.shape}")
+    if len(cats) != n:
+        raise IndexBuildError(f"{len(cats)} categories for {n} items")
+    if not np.isfinite(vecs).all():
+        raise IndexBuildError("vectors contain NaN or infinity")
+    norms = np.linalg.norm(vecs, axis=1)
+    bad = np.flatnonzero(np.abs(norms - 1) > NORM_TOLERANCE)
+    if bad.size:
+        raise IndexBuildError(f"{bad.size} vectors are not L2-normalised (e.g. item {ids[bad[0]]!r} has norm "
+                              f"{norms[bad[0]]:.4f}); the embeddings contract requires unit vectors")
+    uniq, counts = np.unique(ids.astype(str), return_counts=True)
+    if (counts > 1).any():
+        raise IndexBuildError(f"duplicate item ids, e.g. {uniq[counts > 1][:3].tolist()}")
+
+
+def new_graph(vecs: np.ndarray, labels: np.ndarray, *, M: int, ef_construction: int, ef: int, seed: int,
+              num_threads: int = 0, capacity: int = 0):
+    """An hnswlib graph over ``vecs`` labelled ``labels`` (row positions), with room for ``capacity``."""
+    import hnswlib
+
+    idx = hnswlib.Index(space=SPACE, dim=vecs.shape[1])
+    idx.init_index(max_elements=max(len(labels), capacity, 1), M=int(M), ef_construction=int(ef_construction),
+                   random_seed=int(seed))
+    if len(labels):
+        idx.add_items(vecs, labels.astype(np.int64), num_threads=num_threads or -1)
+    idx.set_ef(int(ef))
+    return idx
+
+
 class HnswIndex:
     """An HNSW index over catalogue items with per-category sub-indexes.
 
@@ -222,21 +262,28 @@ class HnswIndex:
 
     def __init__(self, *, item_ids: np.ndarray, categories: list[str | None], vectors: np.ndarray, index,
                  sub_indexes: dict[int, object], params: dict, num_threads: int = 0,
-                 manifest: IndexManifest | None = None):
+                 manifest: IndexManifest | None = None, deleted: np.ndarray | None = None,
+                 content_hashes: np.ndarray | None = None):
         self.item_ids = np.asarray(item_ids, dtype=object)
         self.vectors = vectors
         self.dim = int(vectors.shape[1])
         self._index = index
         self.params = dict(params)
         self.manifest = manifest
-        names = sorted({c for c in categories if c is not None})
+        # Tombstones: positions that stay (labels never move) but that no search path may return.
+        self.deleted = np.zeros(len(self.item_ids), bool) if deleted is None else np.asarray(deleted, bool)
+        self._live = None if not self.deleted.any() else np.flatnonzero(~self.deleted)
+        self.content_hashes = None if content_hashes is None else np.asarray(content_hashes, dtype=object)
+        # A category is known while it has live items, as it would be after a full rebuild.
+        names = sorted({c for c, d in zip(categories, self.deleted) if c is not None and not d})
         self.category_names: list[str] = names
         self._code_of = {name: j for j, name in enumerate(names)}
-        # -1 = no category: such items are found by unfiltered searches only.
-        self.category_codes = np.array([self._code_of[c] if c is not None else -1 for c in categories],
+        # -1 = no category (or a deleted row's vanished one): found by unfiltered searches only.
+        self.category_codes = np.array([self._code_of.get(c, -1) if c is not None else -1 for c in categories],
                                        dtype=np.int32)
-        order = np.argsort(self.category_codes, kind="stable")
-        bounds = np.searchsorted(self.category_codes[order], np.arange(len(names) + 1))
+        live_codes = np.where(self.deleted, -1, self.category_codes)
+        order = np.argsort(live_codes, kind="stable")
+        bounds = np.searchsorted(live_codes[order], np.arange(len(names) + 1))
         self.category_members = {j: order[bounds[j]:bounds[j + 1]] for j in range(len(names))}
         self._sub = sub_indexes  # category code -> hnswlib index (large categories only)
         self._blocks: dict[int, np.ndarray] = {}  # small categories' vectors, contiguous for exact search
@@ -248,14 +295,15 @@ class HnswIndex:
     @classmethod
     def build(cls, item_ids: Sequence[str], categories: Sequence[str | None], vectors, *, M: int = 16,
               ef_construction: int = 200, ef: int = 64, exact_below: int = 1000, seed: int = 100,
-              num_threads: int = 0) -> "HnswIndex":
+              num_threads: int = 0, content_hashes: Sequence[str] | None = None) -> "HnswIndex":
         """Build from item ids, their categories (``None`` = none) and L2-normalised vectors.
+
+        ``content_hashes`` (the embeddings' ``content_sha256``) are kept so a later
+        :func:`artifacts.index_update.update_index` can tell unchanged items from changed ones.
 
         ``num_threads`` = 0 uses every core (hnswlib's default); ``exact_below``: categories with
         at most that many items get no sub-index and are searched exactly.
         """
-        import hnswlib
-
         t0 = time.time()
         ids = np.asarray(list(item_ids), dtype=object)
         cats = [None if c is None else str(c) for c in categories]
@@ -263,36 +311,21 @@ class HnswIndex:
         n = len(ids)
         if n == 0:
             raise IndexBuildError("cannot build an index from zero items (the embeddings are empty)")
-        if vecs.ndim != 2 or vecs.shape[0] != n or vecs.shape[1] < 1:
-            raise IndexBuildError(f"vectors must have shape ({n}, dim) for {n} item ids; got {vecs.shape}")
-        if len(cats) != n:
-            raise IndexBuildError(f"{len(cats)} categories for {n} items")
-        if not np.isfinite(vecs).all():
-            raise IndexBuildError("vectors contain NaN or infinity")
-        norms = np.linalg.norm(vecs, axis=1)
-        bad = np.flatnonzero(np.abs(norms - 1) > NORM_TOLERANCE)
-        if bad.size:
-            raise IndexBuildError(f"{bad.size} vectors are not L2-normalised (e.g. item {ids[bad[0]]!r} has norm "
-                                  f"{norms[bad[0]]:.4f}); the embeddings contract requires unit vectors")
-        uniq, counts = np.unique(ids.astype(str), return_counts=True)
-        if (counts > 1).any():
-            raise IndexBuildError(f"duplicate item ids, e.g. {uniq[counts > 1][:3].tolist()}")
+        validate_items(ids, cats, vecs)
+        if content_hashes is not None and len(content_hashes) != n:
+            raise IndexBuildError(f"{len(content_hashes)} content hashes for {n} items")
         for name, value in (("M", M), ("ef_construction", ef_construction), ("ef", ef)):
             if int(value) < 1:
                 raise IndexBuildError(f"{name} must be positive, got {value}")
         dim = vecs.shape[1]
 
         def make(members: np.ndarray):
-            idx = hnswlib.Index(space=SPACE, dim=dim)
-            idx.init_index(max_elements=len(members), M=int(M), ef_construction=int(ef_construction),
-                           random_seed=int(seed))
-            idx.add_items(vecs[members], members.astype(np.int64), num_threads=num_threads or -1)
-            idx.set_ef(int(ef))
-            return idx
+            return new_graph(vecs[members], members, M=M, ef_construction=ef_construction, ef=ef, seed=seed,
+                             num_threads=num_threads)
 
         index = make(np.arange(n))
         self = cls(item_ids=ids, categories=cats, vectors=vecs, index=index, sub_indexes={},
-                   params={}, num_threads=num_threads)
+                   params={}, num_threads=num_threads, content_hashes=content_hashes)
         for j, members in self.category_members.items():
             if len(members) > exact_below:
                 self._sub[j] = make(members)
@@ -307,7 +340,17 @@ class HnswIndex:
 
     # ---------------------------------------------------------------- basics
     def __len__(self) -> int:
+        """Live items (tombstones not counted)."""
+        return len(self.item_ids) - int(self.deleted.sum()) if self._live is not None else len(self.item_ids)
+
+    @property
+    def n_positions(self) -> int:
+        """Rows (labels) including tombstones: the size of ``vectors`` and of the id map."""
         return len(self.item_ids)
+
+    @property
+    def live_positions(self) -> np.ndarray:
+        return np.arange(self.n_positions) if self._live is None else self._live
 
     @property
     def ef(self) -> int:
@@ -390,7 +433,7 @@ class HnswIndex:
                 else:
                     parts.append(self._exact(q, k, members, base=self._block(j)))
             return parts[0] if len(parts) == 1 else _merge(parts, k)
-        allowed = np.zeros(len(self), dtype=bool)
+        allowed = np.zeros(self.n_positions, dtype=bool)
         for j in codes:
             allowed[self.category_members[j]] = True
         if strategy == "callback":
@@ -418,10 +461,15 @@ class HnswIndex:
                chunk_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
         if base is None:
             base = self.vectors if members is None else self.vectors[members]
+        # Every row, tombstones masked out: gathering the live rows would copy all the vectors.
+        dead = self.deleted if members is None and self._live is not None else None
         rows = max(1, chunk_bytes // max(1, 4 * len(base)))
         pos_out, sim_out = [], []
         for start in range(0, len(q), rows):
-            cols, vals = top_k(q[start:start + rows] @ base.T, k)
+            sims = q[start:start + rows] @ base.T
+            if dead is not None:
+                sims[:, dead] = -np.inf
+            cols, vals = top_k(sims, min(k, len(self)) if dead is not None else k)
             pos_out.append(cols if members is None else members[cols])
             sim_out.append(vals)
         pos = np.concatenate(pos_out) if pos_out else np.zeros((0, 0), np.int64)
@@ -435,6 +483,8 @@ class HnswIndex:
             # hnswlib raises when its graph walk finds fewer than k items; exact search cannot.
             log.warning("hnswlib search failed (%s); answering these %d queries exactly", exc, len(q))
             members = np.sort(idx.get_ids_list()).astype(np.int64) if idx is not self._index else None
+            if members is not None:
+                members = members[~self.deleted[members]]
             return self._exact(q, k, members)
         return _pad(labels.astype(np.int64), (1.0 - dists).astype(np.float32), k)
 
@@ -461,7 +511,7 @@ class HnswIndex:
         todo = np.arange(len(q))
         while len(todo):
             labels, sims = self._knn(self._index, q[todo], fetch, fetch)
-            keep = (labels >= 0) & allowed[np.maximum(labels, 0)]
+            keep = (labels >= 0) & allowed[np.maximum(labels, 0)]  # hnswlib never returns tombstones
             cols, vals = top_k(np.where(keep, sims, -np.inf), k)
             found = np.take_along_axis(labels, cols, axis=1)
             found[~np.isfinite(vals)] = -1
@@ -484,7 +534,8 @@ class HnswIndex:
         rng = np.random.default_rng(seed)
         own = category == "own"
         if queries is None:
-            pool = np.flatnonzero(self.category_codes >= 0) if own else np.arange(len(self))
+            live = self.live_positions
+            pool = live[self.category_codes[live] >= 0] if own else live
             if len(pool) == 0:
                 return float("nan")
             picks = rng.choice(pool, size=min(sample, len(pool)), replace=False)
@@ -512,7 +563,7 @@ class HnswIndex:
     # ---------------------------------------------------------------- save / load
     def save(self, uri: str, *, index_id: str = "", model_id: str = "", source_embeddings: str = "",
              embeddings_run_id: str = "", recall: dict | None = None, config: dict | None = None,
-             catalogue_roots=()) -> IndexManifest:
+             catalogue_roots=(), update: dict | None = None) -> IndexManifest:
         """Write the index to a directory (local or ``s3://``), the manifest last.
 
         Remote targets are written to a local temporary directory, uploaded, and only then get
@@ -524,15 +575,16 @@ class HnswIndex:
         recall = dict(recall or {})
         files = {"index": INDEX_FILE, "items": ITEMS_FILE, "vectors": VECTORS_FILE,
                  "categories": {self.category_names[j]: f"{CATEGORY_DIR}/{j}.bin" for j in sorted(self._sub)}}
-        counts = {"items": len(self), "categories": self.category_counts(),
-                  "uncategorised": int((self.category_codes < 0).sum())}
+        counts = {"items": len(self), "positions": self.n_positions, "deleted": int(self.deleted.sum()),
+                  "categories": self.category_counts(),
+                  "uncategorised": int(((self.category_codes < 0) & ~self.deleted).sum())}
         manifest = IndexManifest(
             index_id=index_id, model_id=model_id, source_embeddings=source_embeddings,
             embeddings_run_id=embeddings_run_id, embedding_dim=self.dim, counts=counts,
             params={k: v for k, v in self.params.items() if k != "build_seconds"},
             recall_at_10=recall.get("recall_at_10"), recall=recall, build_seconds=round(self.build_seconds, 3),
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), files=files, config=dict(config or {}),
-            catalogue_roots=list(catalogue_roots))
+            catalogue_roots=list(catalogue_roots), update=dict(update or {"mode": "full"}))
         with tempfile.TemporaryDirectory(prefix="vitrine-index-") as tmp:
             local = Path(tmp) if storage.is_remote(uri) else Path(storage.resolve(uri)[1])
             local.mkdir(parents=True, exist_ok=True)
@@ -541,9 +593,13 @@ class HnswIndex:
             for j, idx in self._sub.items():
                 idx.save_index(str(local / CATEGORY_DIR / f"{j}.bin"))
             np.save(local / VECTORS_FILE, self.vectors)
-            cats = self.categories_of(np.arange(len(self)))
+            cats = self.categories_of(np.arange(self.n_positions))
+            hashes = None if self.content_hashes is None else self.content_hashes.astype(str).tolist()
             pq.write_table(pa.table({"item_id": pa.array(self.item_ids.astype(str).tolist(), pa.string()),
-                                     "category": pa.array(cats, pa.string())}), local / ITEMS_FILE)
+                                     "category": pa.array(cats, pa.string()),
+                                     "content_sha256": pa.array(hashes, pa.string()) if hashes is not None
+                                     else pa.nulls(self.n_positions, pa.string()),
+                                     "deleted": pa.array(self.deleted, pa.bool_())}), local / ITEMS_FILE)
             if storage.is_remote(uri):
                 storage.upload_dir(local, uri)
         storage.write_text(storage.join(uri, MANIFEST), manifest.to_json())
@@ -555,7 +611,10 @@ class HnswIndex:
         """Load an index directory, or the ``LATEST`` one under an ``indexes/`` directory.
 
         Checks every file against the manifest (item count, dimension, categories) and, when
-        given, the dimension a model produces.
+        given, the dimension a model produces. ``vectors.npy`` is memory-mapped, not read: the
+        graphs already hold a copy of every vector, so a replica pages in only what exact search
+        touches. A remote index's temporary copy is removed after loading; the mapping keeps the
+        unlinked file readable (POSIX) until the index is dropped.
         """
         import hnswlib
         import pyarrow.parquet as pq
@@ -566,6 +625,7 @@ class HnswIndex:
             raise IndexLoadError(f"no index at {uri}: {exc}") from None
         manifest = IndexManifest.from_json(storage.read_text(storage.join(uri, MANIFEST)))
         dim, n = int(manifest.embedding_dim), int(manifest.counts.get("items", -1))
+        rows = int(manifest.counts.get("positions", n))  # format 1: no tombstones, rows = items
         if expected_dim is not None and dim != int(expected_dim):
             raise IndexLoadError(f"index {uri} holds {dim}-dimensional vectors but the model produces {expected_dim}")
         with storage.local_copy(uri) as local:
@@ -575,36 +635,58 @@ class HnswIndex:
             if missing:
                 raise IndexLoadError(f"index {uri} is incomplete: missing {', '.join(map(str, missing))}")
             items = pq.read_table(local / manifest.files["items"])
-            vectors = np.load(local / manifest.files["vectors"], allow_pickle=False)
+            try:
+                vectors = np.load(local / manifest.files["vectors"], mmap_mode="r", allow_pickle=False)
+            except ValueError as exc:
+                raise IndexLoadError(f"{uri}: cannot read the vectors file ({exc})") from None
             if vectors.dtype != np.float32 or vectors.ndim != 2:
                 raise IndexLoadError(f"{uri}: vectors must be a 2-D float32 array, got {vectors.dtype} {vectors.shape}")
-            if vectors.shape != (n, dim):
-                raise IndexLoadError(f"{uri}: manifest says {n} items of dimension {dim}, vectors file holds "
+            if vectors.shape != (rows, dim):
+                raise IndexLoadError(f"{uri}: manifest says {rows} items of dimension {dim}, vectors file holds "
                                      f"{vectors.shape[0]} x {vectors.shape[1]}")
-            if items.num_rows != n:
-                raise IndexLoadError(f"{uri}: manifest says {n} items, id map holds {items.num_rows}")
+            if items.num_rows != rows:
+                raise IndexLoadError(f"{uri}: manifest says {rows} items, id map holds {items.num_rows}")
+            names = items.column_names
+            deleted = (items.column("deleted").to_numpy(zero_copy_only=False).astype(bool)
+                       if "deleted" in names else np.zeros(rows, bool))
+            hashes = items.column("content_sha256").to_pylist() if "content_sha256" in names else None
+            if hashes is not None and any(h is None for h in hashes):
+                hashes = None  # saved without hashes: an update cannot trust them
 
-            def read(path: Path, expect: int, what: str):
+            def read(path: Path, what: str, members: np.ndarray | None = None):
                 idx = hnswlib.Index(space=manifest.params.get("space", SPACE), dim=dim)
                 try:
-                    idx.load_index(str(path), max_elements=expect)
+                    idx.load_index(str(path))
                 except RuntimeError as exc:
                     raise IndexLoadError(f"{uri}: cannot read {what} ({exc}); is its dimension {dim}?") from None
-                if idx.element_count != expect:
+                expect = rows if members is None else len(members)
+                if idx.element_count != expect and (members is None or not deleted.any()):
                     raise IndexLoadError(f"{uri}: {what} holds {idx.element_count} items, manifest says {expect}")
+                if members is not None and deleted.any():
+                    # A sub-index also holds its category's tombstones; its live labels must be the members.
+                    labels = np.sort(np.asarray(idx.get_ids_list(), np.int64))
+                    live = labels[~deleted[labels]] if not len(labels) or labels[-1] < rows else labels
+                    if not np.array_equal(live, members):
+                        raise IndexLoadError(f"{uri}: {what} holds {len(live)} live items, manifest says {expect}")
                 idx.set_ef(int(manifest.params.get("ef", 64)))
                 return idx
 
-            index = read(local / manifest.files["index"], n, "the index")
+            index = read(local / manifest.files["index"], "the index")
             ids = np.asarray(items.column("item_id").to_pylist(), dtype=object)
             cats = items.column("category").to_pylist()
             self = cls(item_ids=ids, categories=cats, vectors=vectors, index=index, sub_indexes={},
-                       params=dict(manifest.params), num_threads=num_threads, manifest=manifest)
+                       params=dict(manifest.params), num_threads=num_threads, manifest=manifest, deleted=deleted,
+                       content_hashes=hashes)
+            if len(self) != n or int(deleted.sum()) != int(manifest.counts.get("deleted", 0)):
+                raise IndexLoadError(f"{uri}: manifest says {n} items ({manifest.counts.get('deleted', 0)} deleted), "
+                                     f"id map holds {len(self)} live and {int(deleted.sum())} deleted")
             if self.category_counts() != {k: int(v) for k, v in manifest.counts.get("categories", {}).items()}:
                 raise IndexLoadError(f"{uri}: per-category counts in the id map differ from the manifest")
             for name, rel in manifest.files.get("categories", {}).items():
+                if name not in self._code_of:
+                    raise IndexLoadError(f"{uri}: sub-index of {name!r}, a category with no live items")
                 j = self._code_of[name]
-                self._sub[j] = read(local / rel, len(self.category_members[j]), f"sub-index of {name!r}")
+                self._sub[j] = read(local / rel, f"sub-index of {name!r}", self.category_members[j])
         self.build_seconds = float(manifest.build_seconds)
         self.uri = uri
         self.set_num_threads(num_threads)

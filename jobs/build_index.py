@@ -5,6 +5,7 @@
     vitrine build-index --embeddings s3://bucket/vitrine/embeddings/<model_id>/<run_id> \\
         --out s3://bucket/vitrine --set M=32 --set ef=128
     vitrine build-index --config index.yaml --smoke-test         # 2,000 items, LATEST untouched
+    vitrine build-index --full                                   # rebuild instead of updating LATEST
     vitrine build-index --embeddings ... --compare-filters       # measure category-filter strategies
     ray job submit --working-dir . -- python -m jobs.build_index --embeddings s3://...
 
@@ -13,6 +14,15 @@ the upload) and then moves ``<out>/indexes/LATEST`` to it. Any failure before th
 malformed embeddings, recall below ``min_recall``, an upload error) leaves ``LATEST`` where it
 was. The index is built in memory; for ``s3://`` its files go to a local temporary directory,
 are uploaded, and only then is the manifest written.
+
+By default the ``LATEST`` index under ``<out>/indexes`` is updated rather than rebuilt
+(:mod:`artifacts.index_update`): items with the same id, content hash and category keep their
+position, removed and changed ones become tombstones, new and changed ones are appended. Only
+ids, categories and hashes are read to decide that, then the vectors of the rows that are added.
+It rebuilds instead (``mode: full`` with the reason, in the log, the result and the manifest's
+``update``) with ``--full``, for a smoke test, when there is no previous index, when it is of
+another model or dimension, has other build parameters or fails to load, and when tombstones
+would pass ``compact_deleted_share`` of the rows (compaction).
 
 Recall@10 against exact search is measured on ``recall_queries`` catalogue vectors (default
 1,000), unfiltered and restricted to each query's own category, and recorded in the manifest.
@@ -57,6 +67,8 @@ class BuildIndexConfig:
     min_recall: float = 0.9  # refuse to publish an index whose recall@10 is below this
     publish: bool = True
     smoke_test: bool = False  # the first 2,000 items, fewer recall queries, LATEST untouched
+    incremental: bool = True  # update the LATEST index when it allows; False (--full) rebuilds
+    compact_deleted_share: float = 0.2  # rebuild once tombstones would pass this share of the rows
     # An index larger than one Search replica's memory is built as shards (artifacts/index_shards.py)
     # of at most this many bytes of files (estimated) or items each; both 0 = one plain index.
     shard_max_bytes: int = 0
@@ -77,6 +89,10 @@ class BuildIndexResult:
     filtered_recall_at_10: float
     build_seconds: float
     wall_seconds: float
+    mode: str = "full"  # or "incremental"
+    reason: str = ""  # why this mode
+    added: int = 0
+    deleted: int = 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,20 +121,12 @@ def resolve_embeddings(config: BuildIndexConfig) -> str:
 def read_embeddings(run_uri: str, max_items: int = 0) -> tuple[list[str], list[str | None], np.ndarray, object]:
     """``(item_ids, categories, vectors, run_manifest)`` of a complete embeddings run."""
     from artifacts import embeddings
-    from artifacts.hnsw_index import IndexBuildError
+    from artifacts.index_update import check_row_count
 
     run_uri = embeddings.resolve_run(run_uri)
     manifest = embeddings.read_manifest(run_uri)
     table = embeddings.read_table(run_uri, columns=["item_id", "category", "embedding"])
-    # The manifest is written last and says how many rows the run holds; fewer (a lost or
-    # overwritten part file) or more (a stray file in data/) means the index would not be the run.
-    counts = manifest.counts or {}
-    if "total" not in counts:
-        raise IndexBuildError(f"{run_uri}: its manifest has no counts.total; cannot check the row count")
-    expected = int(counts["total"]) - int(counts.get("failed", 0))
-    if table.num_rows != expected:
-        raise IndexBuildError(f"{run_uri} holds {table.num_rows} rows but its manifest counts {expected} "
-                              f"(total {counts['total']} - failed {counts.get('failed', 0)}); not indexing it")
+    check_row_count(run_uri, manifest, table.num_rows)
     if max_items:
         table = table.slice(0, max_items)
     dim = int(manifest.embedding_dim)
@@ -141,33 +149,79 @@ def catalogue_roots_of(run_manifest) -> tuple[str, ...]:
     return catalogue_roots(run_manifest.catalogue, prefixes) if run_manifest.catalogue else tuple(prefixes)
 
 
+def build_or_update(config: BuildIndexConfig, run_uri: str, indexes: str):
+    """``(index, update)``: the ``LATEST`` index under ``indexes`` updated to the run when it
+    allows, else a full build; ``update`` says which, why, and what changed (the manifest's)."""
+    from artifacts import embeddings, index_update
+    from artifacts.hnsw_index import HnswIndex, IndexBuildError
+
+    run_manifest = embeddings.read_manifest(run_uri)
+    previous, plan = None, None
+    if config.smoke_test:
+        reason = "smoke test (the first items only)"
+    elif config.shard_max_bytes or config.shard_max_items:
+        reason = "a sharded index (shard_max_bytes / shard_max_items) is built in full"
+    elif not config.incremental:
+        reason = "incremental updates are off (--full)"
+    else:
+        params = {"M": config.M, "ef_construction": config.ef_construction, "exact_below": config.exact_below,
+                  "seed": config.seed}
+        previous, reason = index_update.open_previous(indexes, model_id=run_manifest.model_id,
+                                                      dim=run_manifest.embedding_dim, params=params,
+                                                      num_threads=config.num_threads)
+    ids, cats, hashes, _ = index_update.read_keys(run_uri)
+    if not ids:
+        raise IndexBuildError(f"embeddings run {run_uri} holds no items; nothing to index")
+    if previous is not None:
+        plan = index_update.plan_update(previous, ids, cats, hashes)
+        if plan.deleted_share > config.compact_deleted_share:
+            reason = (f"compacting: tombstones would be {plan.deleted_share:.1%} of the rows "
+                      f"(> compact_deleted_share {config.compact_deleted_share})")
+            previous, plan = None, None
+    if plan is not None:
+        vectors = index_update.read_rows(run_uri, plan.add_rows, plan.add_ids)
+        previous_id = previous.manifest.index_id
+        index, stats = index_update.apply_update(previous, plan, vectors, num_threads=config.num_threads)
+        index.set_ef(config.ef)
+        return index, {"mode": "incremental", "reason": f"updated the previous index {previous_id}",
+                       "previous_index": previous_id, **stats.to_dict()}
+    log.info("full rebuild: %s", reason)
+    if config.smoke_test:
+        ids, cats, hashes = ids[:SMOKE_ITEMS], cats[:SMOKE_ITEMS], hashes[:SMOKE_ITEMS]
+    vectors = index_update.read_rows(run_uri, np.arange(len(ids)), ids)
+    log.info("indexing %d items (dim %d) of embeddings run %s", len(ids), vectors.shape[1], run_uri)
+    if config.shard_max_bytes or config.shard_max_items:
+        from artifacts.index_shards import ShardedIndex
+
+        index = ShardedIndex.build(ids, cats, vectors, max_bytes_per_shard=config.shard_max_bytes,
+                                   max_items_per_shard=config.shard_max_items, M=config.M,
+                                   ef_construction=config.ef_construction, ef=config.ef,
+                                   exact_below=config.exact_below, seed=config.seed, num_threads=config.num_threads)
+        return index, {"mode": "full", "reason": reason, "added": len(ids), "deleted": 0}
+    index = HnswIndex.build(ids, cats, vectors, M=config.M, ef_construction=config.ef_construction, ef=config.ef,
+                            exact_below=config.exact_below, seed=config.seed, num_threads=config.num_threads,
+                            content_hashes=hashes)
+    return index, {"mode": "full", "reason": reason, "added": len(ids), "deleted": 0}
+
+
 def run(config: BuildIndexConfig) -> BuildIndexResult:
-    """Read the embeddings, build, measure recall, write ``indexes/<id>/`` and publish it."""
-    from artifacts import publish, storage
+    """Read the embeddings, build or update, measure recall, write ``indexes/<id>/`` and publish it."""
+    from artifacts import embeddings, publish, storage
     from artifacts.configuration import to_dict
-    from artifacts.hnsw_index import MANIFEST, HnswIndex, IndexBuildError
+    from artifacts.hnsw_index import MANIFEST, IndexBuildError
 
     t0 = time.time()
     if config.smoke_test:
         config = dataclasses.replace(config, recall_queries=min(config.recall_queries, 200), publish=False)
     run_uri = resolve_embeddings(config)
-    ids, cats, vectors, run_manifest = read_embeddings(run_uri, SMOKE_ITEMS if config.smoke_test else 0)
-    if not ids:
-        raise IndexBuildError(f"embeddings run {run_uri} holds no items; nothing to index")
-    log.info("indexing %d items (dim %d) of embeddings run %s", len(ids), vectors.shape[1], run_uri)
-    params = dict(M=config.M, ef_construction=config.ef_construction, ef=config.ef, exact_below=config.exact_below,
-                  seed=config.seed, num_threads=config.num_threads)
-    if config.shard_max_bytes or config.shard_max_items:
-        from artifacts.index_shards import ShardedIndex
-
-        index = ShardedIndex.build(ids, cats, vectors, max_bytes_per_shard=config.shard_max_bytes,
-                                   max_items_per_shard=config.shard_max_items, **params)
-    else:
-        index = HnswIndex.build(ids, cats, vectors, **params)
+    run_manifest = embeddings.read_manifest(run_uri)
+    root = storage_root(config)
+    indexes = storage.join(root, "indexes")
+    index, update = build_or_update(config, run_uri, indexes)
     recall = index.measure_recall(k=10, sample=config.recall_queries, seed=config.seed)
     filtered = index.measure_recall(k=10, sample=config.recall_queries, seed=config.seed, category="own")
     log.info("recall@10 vs exact on %d catalogue queries: %.4f (within own category: %.4f)",
-             min(config.recall_queries, len(ids)), recall, filtered)
+             min(config.recall_queries, len(index)), recall, filtered)
     if not recall >= config.min_recall:
         raise IndexBuildError(f"recall@10 {recall:.4f} is below min_recall {config.min_recall}; not publishing "
                               f"(raise ef or M, or lower min_recall)")
@@ -175,16 +229,14 @@ def run(config: BuildIndexConfig) -> BuildIndexResult:
     model_id = run_manifest.model_id
     # Recorded for the item-image route: the roots the embedding job confined this catalogue to.
     roots = catalogue_roots_of(run_manifest)
-    root = storage_root(config)
-    indexes = storage.join(root, "indexes")
     index_id = publish.new_id(f"hnsw-{model_id}"[:100])
     uri = publish.artifact_uri(indexes, index_id)
     index.save(uri, index_id=index_id, model_id=model_id, source_embeddings=run_uri,
                embeddings_run_id=run_manifest.run_id,
                recall={"recall_at_10": round(recall, 5), "filtered_recall_at_10": round(filtered, 5), "k": 10,
-                       "queries": min(config.recall_queries, len(ids)), "seed": config.seed,
+                       "queries": min(config.recall_queries, len(index)), "seed": config.seed,
                        "queries_from": "catalogue vectors", "ties": "a hit at the exact k-th similarity counts"},
-               config=to_dict(config), catalogue_roots=roots)
+               config=to_dict(config), catalogue_roots=roots, update=update)
     published = False
     if config.publish:
         try:
@@ -196,7 +248,9 @@ def run(config: BuildIndexConfig) -> BuildIndexResult:
     return BuildIndexResult(index_id=index_id, index_uri=uri, published=published, embeddings_run=run_uri,
                             model_id=model_id, items=len(index), embedding_dim=index.dim,
                             categories=index.category_counts(), recall_at_10=recall, filtered_recall_at_10=filtered,
-                            build_seconds=index.build_seconds, wall_seconds=time.time() - t0)
+                            build_seconds=index.build_seconds, wall_seconds=time.time() - t0,
+                            mode=update["mode"], reason=update["reason"], added=int(update["added"]),
+                            deleted=int(update["deleted"]))
 
 
 def compare_filters(index, *, queries: int = 1000, k: int = 10, seed: int = 0, single_queries: int = 500) -> list[dict]:
@@ -263,6 +317,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--recall-queries", type=int, help="catalogue queries for the recall check (default 1000)")
     p.add_argument("--smoke-test", action="store_true", help="first 2,000 items; does not move LATEST")
     p.add_argument("--no-publish", action="store_true", help="write the index but leave LATEST alone")
+    p.add_argument("--full", action="store_true", help="rebuild from scratch instead of updating LATEST")
     p.add_argument("--compare-filters", action="store_true",
                    help="build in memory, time the category-filter strategies, publish nothing")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -277,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     values = {"embeddings": args.embeddings, "out": args.out, "storage": args.storage, "num_threads": args.num_threads,
               "recall_queries": args.recall_queries, "smoke_test": args.smoke_test or None,
-              "publish": False if args.no_publish else None}
+              "publish": False if args.no_publish else None, "incremental": False if args.full else None}
     config = load_config(BuildIndexConfig, yaml_path=args.config, overrides=args.overrides, values=values)
     if args.compare_filters:
         return _compare_main(config, args.json)
@@ -286,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(f"index {result.index_id}: {result.items} items, dim {result.embedding_dim}, "
-              f"{len(result.categories)} categories, built in {result.build_seconds:.1f} s")
+              f"{len(result.categories)} categories, {result.mode} in {result.build_seconds:.1f} s "
+              f"(+{result.added} -{result.deleted}; {result.reason})")
         print(f"recall@10 vs exact: {result.recall_at_10:.4f} (within own category {result.filtered_recall_at_10:.4f})")
         print(f"{'published' if result.published else 'written (LATEST unchanged)'}: {result.index_uri}")
     return 0

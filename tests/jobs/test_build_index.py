@@ -17,7 +17,8 @@ from jobs.build_index import BuildIndexConfig
 DIM = 32
 
 
-def write_run(root: str, model_id: str, run_id: str, ids, cats, vectors, *, make_latest: bool = True) -> str:
+def write_run(root: str, model_id: str, run_id: str, ids, cats, vectors, *, make_latest: bool = True,
+              hashes=None) -> str:
     """An embeddings run in the contract's layout: data/part-0.parquet, manifest.json last, LATEST."""
     dim = vectors.shape[1]
     n = len(ids)
@@ -26,7 +27,7 @@ def write_run(root: str, model_id: str, run_id: str, ids, cats, vectors, *, make
         "category": pa.array(cats, pa.string()),
         "sub_category": pa.nulls(n, pa.string()),
         "image_uri": pa.array([f"catalogue/{c}/{i}.png" for i, c in zip(ids, cats)], pa.string()),
-        "content_sha256": pa.array(["0" * 64] * n, pa.string()),
+        "content_sha256": pa.array(list(hashes) if hashes is not None else ["0" * 64] * n, pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel(), pa.float32()), dim),
         "predicted_category": pa.array(cats, pa.string()),
         "confidence": pa.array(np.ones(n, np.float32)),
@@ -168,3 +169,82 @@ def test_row_count_mismatch_with_the_manifest_is_refused(tmp_path):
     with pytest.raises(IndexBuildError, match="1500 rows but its manifest counts 2000"):
         build_index.run(cfg(embeddings=run_uri, out=root))
     assert not storage.exists(f"{root}/indexes/LATEST")
+
+
+def next_night(ids, cats, vectors, hashes, *, seed=1, change=40, remove=30, add=50):
+    """The catalogue a night later: ``change`` items re-embedded (new hash), ``remove`` gone,
+    ``add`` new ones (in existing categories and a new small one)."""
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    vecs, hashes = vectors.copy(), list(hashes)
+    changed = rng.choice(n, change, replace=False)
+    vecs[changed] = l2_normalise(vectors[changed] + rng.normal(size=(change, DIM)))
+    for i in changed:
+        hashes[i] = f"{hashes[i]}+{seed}"
+    keep = np.ones(n, bool)
+    keep[rng.choice(np.setdiff1d(np.arange(n), changed), remove, replace=False)] = False
+    new_ids = [f"new-{seed}-{i}" for i in range(add)]
+    new_cats = [f"cat{i % 10}" for i in range(add - min(add, 5))] + ["brand-new"] * min(add, 5)
+    new_vecs = l2_normalise(vectors[rng.choice(n, add)] + rng.normal(size=(add, DIM)))
+    return ([x for x, k in zip(ids, keep) if k] + new_ids, [x for x, k in zip(cats, keep) if k] + new_cats,
+            np.vstack([vecs[keep], new_vecs]), [x for x, k in zip(hashes, keep) if k] + [f"h-{x}" for x in new_ids])
+
+
+def test_incremental_build_matches_a_full_rebuild(tmp_path):
+    ids, cats, vectors = synthetic()
+    hashes = [f"h-{i}" for i in ids]
+    root, other = str(tmp_path / "store"), str(tmp_path / "other")
+    write_run(root, "model-a", "run-1", ids, cats, vectors, hashes=hashes)
+    first = build_index.run(cfg(embeddings=f"{root}/embeddings/model-a", out=root))
+    assert first.mode == "full" and "no previous index" in first.reason
+    ids2, cats2, vecs2, hashes2 = next_night(ids, cats, vectors, hashes)  # 40 + 30 + 50 of 2,000
+    write_run(root, "model-a", "run-2", ids2, cats2, vecs2, hashes=hashes2)
+    inc = build_index.run(cfg(embeddings=f"{root}/embeddings/model-a", out=root))
+    write_run(other, "model-a", "run-2", ids2, cats2, vecs2, hashes=hashes2)
+    full = build_index.run(cfg(embeddings=f"{other}/embeddings/model-a", out=other, incremental=False))
+    assert (inc.mode, inc.added, inc.deleted) == ("incremental", 90, 70) and first.index_id in inc.reason
+    assert full.mode == "full" and "--full" in full.reason
+    assert publish.latest_id(f"{root}/indexes") == inc.index_id and inc.items == full.items == len(ids2)
+    assert abs(inc.recall_at_10 - full.recall_at_10) <= 0.01
+    assert abs(inc.filtered_recall_at_10 - full.filtered_recall_at_10) <= 0.01
+    a, b = HnswIndex.load(f"{root}/indexes"), HnswIndex.load(f"{other}/indexes")
+    m = a.manifest
+    assert (m.update["mode"], m.update["added"], m.update["deleted"], m.update["previous_index"]) == (
+        "incremental", 90, 70, first.index_id)
+    assert (m.counts["items"], m.counts["deleted"], m.counts["positions"]) == (len(ids2), 70, 2090)
+    assert m.format_version == 2 and m.embeddings_run_id == "run-2"
+    live_a = dict(zip(a.item_ids[a.live_positions], a.categories_of(a.live_positions)))
+    assert live_a == dict(zip(b.item_ids, b.categories_of(np.arange(len(b))))) == dict(zip(ids2, cats2))
+    gone = set(ids) - set(ids2)
+    queries = np.vstack([vectors, vecs2[::5]])  # the removed and the changed items' old vectors too
+    for category in [None, "cat3", "brand-new", ["cat1", "brand-new"]]:
+        for hits in (a.search(queries, 10, category), a.exact_search(queries, 10, category)):
+            assert all(len(row) == 10 or category in ("brand-new",) for row in hits)
+            returned = {h.item_id for row in hits for h in row}
+            assert not returned & gone
+        pos, _ = a.search_positions(queries, 10, category)
+        assert not a.deleted[pos[pos >= 0]].any()
+    # Past the compaction threshold the next night rebuilds.
+    ids3, cats3, vecs3, hashes3 = next_night(ids2, cats2, vecs2, hashes2, seed=2, change=300, remove=200, add=0)
+    write_run(root, "model-a", "run-3", ids3, cats3, vecs3, hashes=hashes3)
+    third = build_index.run(cfg(embeddings=f"{root}/embeddings/model-a", out=root))
+    assert third.mode == "full" and "compacting" in third.reason and third.deleted == 0
+    m3 = HnswIndex.load(f"{root}/indexes").manifest
+    assert m3.update["mode"] == "full" and m3.counts["deleted"] == 0 and m3.counts["positions"] == len(ids3)
+
+
+@pytest.mark.parametrize("case", ["params", "model", "corrupt"])
+def test_a_previous_index_that_cannot_be_updated_is_rebuilt(tmp_path, case):
+    ids, cats, vectors = synthetic(n=600)
+    root = str(tmp_path / "store")
+    write_run(root, "model-a", "run-1", ids, cats, vectors, hashes=[f"h-{i}" for i in ids])
+    first = build_index.run(cfg(embeddings=f"{root}/embeddings/model-a", out=root, M=8))
+    model = "model-b" if case == "model" else "model-a"
+    write_run(root, model, "run-2", ids, cats, vectors, hashes=[f"h-{i}" for i in ids])
+    if case == "corrupt":
+        (tmp_path / "store" / "indexes" / first.index_id / "index.bin").write_bytes(b"not an index")
+    result = build_index.run(cfg(embeddings=f"{root}/embeddings/{model}", out=root, M=12 if case == "params" else 8))
+    expected = {"params": "other build params (M 8 -> 12)", "model": "of model 'model-a', this run of 'model-b'",
+                "corrupt": "failed to load"}[case]
+    assert result.mode == "full" and expected in result.reason, result.reason
+    assert HnswIndex.load(f"{root}/indexes").manifest.update["reason"] == result.reason

@@ -208,3 +208,110 @@ def test_manifest_is_written_last(index, tmp_path, monkeypatch):
     assert (tmp_path / "idx" / "index.bin").exists() and not (tmp_path / "idx" / MANIFEST).exists()
     with pytest.raises(IndexLoadError):
         HnswIndex.load(str(tmp_path / "idx"))
+
+
+def changed_catalogue(data, seed=3):
+    """The clustered catalogue a night later: 5% removed, 5% re-embedded (new hash), 1% moved to
+    another category (same hash), 60 new items (50 in c9, which grows past exact_below, and 10
+    in a new category), and c8 shrunk below exact_below."""
+    ids, cats, vectors = data
+    rng = np.random.default_rng(seed)
+    hashes = np.array([f"sha-{i}" for i in ids], dtype=object)
+    cats2, vecs2, hashes2 = np.array(cats, dtype=object), vectors.copy(), hashes.copy()
+    changed, moved = rng.choice(N, 100, replace=False), rng.choice(N, 20, replace=False)
+    vecs2[changed] = perturbed(vectors[changed], seed=4, scale=1.0)
+    hashes2[changed] = [h + "-v2" for h in hashes2[changed]]
+    cats2[moved] = "c0"
+    c8 = np.flatnonzero(cats2 == "c8")
+    keep = np.ones(N, bool)
+    keep[rng.choice(N, 100, replace=False)] = False
+    keep[c8[:60]] = False  # 110 -> at most 50 left, below exact_below = 64
+    new = perturbed(vectors[rng.choice(np.flatnonzero(np.array(cats) == "c9"), 50)], seed=5, scale=1.0)
+    new = np.vstack([new, perturbed(vectors[:10], seed=6, scale=2.0)])
+    ids2 = np.concatenate([np.array(ids, dtype=object)[keep], [f"new-{i}" for i in range(60)]])
+    return (ids2.tolist(), cats2[keep].tolist() + ["c9"] * 50 + ["zz"] * 10, np.vstack([vecs2[keep], new]),
+            hashes2[keep].tolist() + [f"sha-new-{i}" for i in range(60)], hashes.tolist())
+
+
+def assert_no_tombstone_returned(index, queries):
+    assert not index.deleted[np.concatenate(list(index.category_members.values()))].any()
+    for category in [None, *index.category_names, index.category_names[:3]]:
+        for pos, _ in (index.search_positions(queries, 10, category), index.exact_search_positions(queries, 10, category)):
+            assert not index.deleted[pos[pos >= 0]].any(), category
+            assert ((pos >= 0).sum(axis=1) == min(10, len(index) if category is None else sum(
+                index.category_counts()[c] for c in ([category] if isinstance(category, str) else category)))).all()
+    for strategy in ("callback", "overfetch"):
+        pos, _ = index.search_positions(queries, 10, "c0", strategy=strategy)
+        assert not index.deleted[pos[pos >= 0]].any()
+
+
+def test_incremental_update_matches_a_rebuild_and_never_returns_tombstones(data, tmp_path):
+    from artifacts.index_update import plan_update, update_index
+
+    ids, cats, vectors = data
+    ids2, cats2, vecs2, hashes2, hashes = changed_catalogue(data)
+    previous = HnswIndex.build(ids, cats, vectors, content_hashes=hashes, **PARAMS)
+    old_vectors = previous.vectors.copy()
+    plan = plan_update(previous, ids2, cats2, hashes2)
+    assert (plan.changed, plan.new) == (len(plan.add_rows) - 60, 60) and plan.unchanged + plan.changed == len(ids2) - 60
+    updated, stats = update_index(previous, ids2, cats2, hashes2, vecs2, num_threads=2)
+    full = HnswIndex.build(ids2, cats2, vecs2, content_hashes=hashes2, **PARAMS)
+    live = updated.live_positions
+    assert dict(zip(updated.item_ids[live], updated.categories_of(live))) == dict(zip(ids2, cats2))
+    assert updated.category_counts() == full.category_counts() and len(updated) == len(full) == len(ids2)
+    assert stats.deleted == stats.changed + stats.removed and stats.positions == N + stats.added
+    # Sub-indexes follow membership: c8 fell to exact search, c9 grew a graph, zz is small.
+    assert sorted(updated.category_names[j] for j in updated._sub) == sorted(full.category_names[j] for j in full._sub)
+    queries = np.vstack([old_vectors[plan.delete_positions], perturbed(vecs2[::7])])
+    assert_no_tombstone_returned(updated, queries)
+    for kind in (None, "own"):
+        assert abs(updated.measure_recall(sample=500, category=kind) - full.measure_recall(sample=500, category=kind)) <= 0.01
+    # An item that was re-embedded is found at its new vector, and only once.
+    changed = [i for i, h in zip(ids2, hashes2) if h.endswith("-v2")][0]
+    hit = updated.search(vecs2[ids2.index(changed)][None], k=10)[0]
+    assert hit[0].item_id == changed and [h.item_id for h in hit].count(changed) == 1
+    # Tombstones survive a save and load, and the loaded index answers the same.
+    updated.save(str(tmp_path / "idx"), index_id="idx", update={"mode": "incremental"})
+    loaded = HnswIndex.load(str(tmp_path / "idx"))
+    assert (loaded.manifest.counts["deleted"], loaded.manifest.counts["positions"]) == (stats.deleted, stats.positions)
+    assert loaded.manifest.update == {"mode": "incremental"} and loaded.content_hashes.tolist() == updated.content_hashes.tolist()
+    assert_no_tombstone_returned(loaded, queries)
+    for category in (None, "c0", "c8", "zz"):
+        assert loaded.search(queries[:100], 10, category) == updated.search(queries[:100], 10, category)
+    # A second update on the loaded index removes a category entirely.
+    third, _ = update_index(loaded, *[[x for x, c in zip(col, cats2) if c != "zz"] for col in (ids2, cats2, hashes2)],
+                            vecs2[np.array(cats2) != "zz"])
+    assert "zz" not in third.category_names and len(third) == len(ids2) - 10
+    with pytest.raises(UnknownCategoryError):
+        third.search(queries[:1], category="zz")
+    assert_no_tombstone_returned(third, queries)
+
+
+def test_vectors_are_memory_mapped_and_format_1_still_loads(index, data, tmp_path, s3_bucket):
+    import os
+
+    import pyarrow.parquet as pq
+
+    uri = str(tmp_path / "idx")
+    index.save(uri, index_id="idx")
+    loaded = HnswIndex.load(uri)
+    assert isinstance(loaded.vectors, np.memmap) and not loaded.vectors.flags.writeable
+    s3_uri = storage.join(s3_bucket, "vitrine", "indexes", "mm")
+    index.save(s3_uri, index_id="mm")
+    remote = HnswIndex.load(s3_uri)
+    # The temporary download is gone; the mapping still reads the unlinked file.
+    assert isinstance(remote.vectors, np.memmap) and not os.path.exists(remote.vectors.filename)
+    queries = perturbed(data[2][:50])
+    for category in (None, "c3", "c9"):
+        assert remote.exact_search(queries, 10, category) == index.exact_search(queries, 10, category)
+        assert remote.search(queries, 10, category) == index.search(queries, 10, category)
+    # Format 1: no content hashes, no tombstones, no positions count.
+    items = pq.read_table(tmp_path / "idx" / "items.parquet").select(["item_id", "category"])
+    pq.write_table(items, tmp_path / "idx" / "items.parquet")
+    manifest = json.loads((tmp_path / "idx" / MANIFEST).read_text())
+    manifest["format_version"] = 1
+    del manifest["counts"]["positions"], manifest["counts"]["deleted"], manifest["update"]
+    (tmp_path / "idx" / MANIFEST).write_text(json.dumps(manifest))
+    old = HnswIndex.load(uri)
+    assert old.content_hashes is None and not old.deleted.any() and len(old) == N
+    assert old.search(queries, 10, "c3") == index.search(queries, 10, "c3")
