@@ -22,6 +22,11 @@ where that exceeds ``--other-max`` is measured again). Before the load, the firs
 ``--check-queries`` answers of each system are kept and compared with the baseline's (same
 class, overlap of the result lists).
 
+A latency CDF (``benchmarks/latency_cdf.py``: one panel per concurrency, one line per system,
+from every OK request of the window) is written next to the results: ``--cdf PATH``, by default
+``<json name>_latency_cdf.png`` beside ``--json``, else ``serve_latency_cdf.png`` beside
+``--markdown`` (and linked from the Markdown block).
+
 ``serve-noop`` is Ray Serve with nothing to do (a replica returning a canned answer of the same
 size): the ceiling any handler code could reach with this stack on this machine.
 """
@@ -48,6 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from latency_cdf import plot_latency_cdf
 from loadgen import build_requests, run_load
 
 SECTION = "## Serving (issue 4)"
@@ -318,6 +324,7 @@ def measure(server: Server, bodies: list[bytes], concurrencies: list[int], args,
                    "server_cpu_cores": (s1 - s0) / wall, "client_cpu_cores": (c1 - c0) / wall,
                    "machine_busy_cores": (m1[0] - m0[0]) / max(1, m1[1] - m0[1]) * ncpu, "attempt": attempt + 1}
             row["other_cores"] = max(0.0, row["machine_busy_cores"] - row["server_cpu_cores"] - row["client_cpu_cores"])
+            row["latencies_ms"] = r.latencies_ms  # for the CDF; main() takes them out before the JSON
             print(f"  {label:>24} c={c:<3} {row['rps']:8.1f} req/s  p50 {row['p50_ms']:7.1f}  p95 {row['p95_ms']:7.1f}"
                   f"  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}  server {row['server_cpu_cores']:.2f} cores"
                   f" ({row['server_cpu_ms_per_req']:.2f} ms/req)  client {row['client_cpu_cores']:.2f}"
@@ -521,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds to wait, before each window, for other load to drop below --other-max")
     p.add_argument("--json", help="write every row to this JSON file")
     p.add_argument("--markdown", help="write the results into this file's '## Serving (issue 4)' section")
+    p.add_argument("--cdf", help="latency CDF PNG (default: next to --json as <name>_latency_cdf.png, else "
+                                 "serve_latency_cdf.png next to --markdown, else none)")
     p.add_argument("--_serve", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--_noop", type=int, nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--_quiet-proxy", action="store_true", help=argparse.SUPPRESS)
@@ -577,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 server.stop()
     load_after = load_average()
+    latencies = [(r["system"], r["concurrency"], r.pop("latencies_ms")) for r in rows]
 
     base = [r for r in rows if r["system"] == "baseline"]
     lines = [(f"{started}; {os.cpu_count()} CPUs; load average (1/5/15 min) before {load_before}, after {load_after}; "
@@ -615,6 +625,14 @@ def main(argv: list[str] | None = None) -> int:
                       f"{b['p99_ms']:.1f} ms); " + "; ".join(
                           f"{k} {r['rps']:.1f} ({r['concurrency']} clients, p99 {r['p99_ms']:.1f} ms) = "
                           f"{r['rps'] / b['rps']:.2f}× the baseline" for k, r in peak.items() if k != "baseline") + "."]
+    cdf = args.cdf or (str(Path(args.json).with_name(Path(args.json).stem + "_latency_cdf.png")) if args.json else
+                       str(Path(args.markdown).with_name("serve_latency_cdf.png")) if args.markdown else "")
+    if cdf:
+        plot_latency_cdf(cdf, latencies)
+        if args.markdown:
+            link = os.path.relpath(Path(cdf).resolve(), Path(args.markdown).resolve().parent)
+            lines += ["", f"![latency CDF]({link})", "",
+                      "Latency CDF of each row's OK requests (one panel per client count, one line per system)."]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     if args.json:

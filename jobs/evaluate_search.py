@@ -30,14 +30,25 @@ Metrics, over ``n`` queries (``--queries N``: a seeded random subset; default al
   counted. **mAP** = mean AP.
 * **precision@10** = relevant items among the first 10 of the ranking / 10 (a filtered ranking
   shorter than 10 counts the missing places as not relevant).
+  Also at k = 1, 5, 10, 30 (``precision_at``), from the same exact rankings.
+* **Per class**: AP, precision@k and classify-then-filter AP averaged over the queries of each
+  true class.
 * **HNSW**: the same queries through the index (unfiltered, and restricted to the predicted
   class's category), giving the precision@10 users are served and recall@10 against the exact
   top 10 (an item tied with the exact 10th counts as found).
 
+Pictures (``--set figures=false`` to skip; :mod:`tune.search_report` draws them): a retrieval
+gallery (``gallery_queries`` test queries, one class after another, each with its exact top
+``gallery_results``, a red outline on results of another class; the catalogue images are read
+through the image URIs of the embeddings run the index was built from), precision@k against k,
+per-class AP, and a 2-D map of ``map_points`` catalogue embeddings coloured by class
+(``map_method=pca``, numpy; ``tsne`` (scikit-learn) takes tens of seconds more).
+
 Cost: one chunked matrix product and one stable sort per query over the whole catalogue;
 10,000 x 60,000 takes about a minute on 2 CPUs (``threads`` = worker threads over chunks).
-Writes ``search_eval.md`` (a table for docs/RESULTS.md) and ``search_eval.json`` under ``out``
-(default ``<storage>/evaluations/search/<index_id>/``).
+Writes ``search_eval.md`` (a table for docs/RESULTS.md, then the per-k and per-class tables and
+the pictures), ``search_eval.json`` and the PNGs under ``out`` (default
+``<storage>/evaluations/search/<index_id>/``).
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from artifacts.logs import setup_logging
+from tune.search_report import PRECISION_KS
 
 log = logging.getLogger("vitrine.evaluate_search")
 
@@ -72,6 +84,11 @@ class EvaluateSearchConfig:
     threads: int = 0  # 0 = one per CPU
     out: str = ""  # directory for search_eval.md/json; default <storage>/evaluations/search/<index_id>
     allow_model_mismatch: bool = False  # evaluate even if the index was built from another model
+    figures: bool = True  # retrieval gallery, precision@k, per-class AP and embedding-map PNGs
+    gallery_queries: int = 8  # gallery rows: queries of distinct classes in turn, seeded
+    gallery_results: int = 10
+    map_points: int = 5000  # catalogue items on the embedding map (a seeded sample)
+    map_method: str = "pca"  # pca (numpy, instant) or tsne (scikit-learn, tens of seconds)
 
 
 # ---------------------------------------------------------------- metrics
@@ -133,24 +150,28 @@ def _embed(loaded, images: np.ndarray, batch: int = 1024) -> tuple[np.ndarray, n
 
 
 def exact_metrics(queries: np.ndarray, labels: np.ndarray, predicted: np.ndarray, catalogue: np.ndarray,
-                  item_classes: np.ndarray, *, k: int = 10, chunk: int = 128, threads: int = 0) -> dict:
+                  item_classes: np.ndarray, *, k: int = 10, chunk: int = 128, threads: int = 0,
+                  depth: int = 0) -> dict:
     """Per-query exact AP and P@k, unfiltered and classify-then-filter, plus both exact top-k.
 
     ``queries`` ``(q, d)`` and ``catalogue`` ``(n, d)`` unit vectors; ``labels``/``predicted``
     the queries' true and predicted class indices; ``item_classes`` each item's class (-1 =
     none). Returns arrays keyed ``ap``, ``p_at_k``, ``ap_filtered``, ``p_at_k_filtered``,
-    ``top`` and ``top_filtered`` (positions, -1 padded), ``top_sims`` and ``top_sims_filtered``.
+    ``top`` and ``top_filtered`` (positions, -1 padded), ``top_sims`` and ``top_sims_filtered``;
+    and, ``D = max(k, depth)`` results deep, ``top_long``/``top_long_filtered`` (positions) and
+    ``rel_top``/``rel_top_filtered`` (whether each is relevant), for precision@k at several k.
     """
     from artifacts.hnsw_index import top_k
 
     q = len(queries)
+    deep = max(k, depth)
     class_count = np.bincount(item_classes[item_classes >= 0], minlength=int(max(labels.max(initial=0),
                                                                                     predicted.max(initial=0)) + 1))
     n_relevant = class_count[labels]
     members = {c: np.flatnonzero(item_classes == c) for c in np.unique(predicted)}
     out = {name: np.full(q, np.nan) for name in ("ap", "p_at_k", "ap_filtered", "p_at_k_filtered")}
     for name in ("top", "top_filtered"):
-        out[name] = np.full((q, k), -1, np.int64)
+        out[name.replace("top", "top_long")] = np.full((q, deep), -1, np.int64)
         out[name.replace("top", "top_sims")] = np.full((q, k), -np.inf, np.float32)
 
     def work(start: int) -> None:
@@ -158,8 +179,8 @@ def exact_metrics(queries: np.ndarray, labels: np.ndarray, predicted: np.ndarray
         sims = queries[sl] @ catalogue.T
         relevant = item_classes[None, :] == labels[sl, None]
         out["ap"][sl], out["p_at_k"][sl] = ranking_metrics(sims, relevant, k=k, n_relevant=n_relevant[sl])
-        cols, vals = top_k(sims, k)
-        out["top"][sl, :cols.shape[1]], out["top_sims"][sl, :cols.shape[1]] = cols, vals
+        cols, vals = top_k(sims, deep)
+        out["top_long"][sl, :cols.shape[1]], out["top_sims"][sl, :min(k, cols.shape[1])] = cols, vals[:, :k]
         for c in np.unique(predicted[sl]):
             rows = np.flatnonzero(predicted[sl] == c)
             cols_c = members[c]
@@ -167,21 +188,27 @@ def exact_metrics(queries: np.ndarray, labels: np.ndarray, predicted: np.ndarray
             ap, pk = ranking_metrics(sub, relevant[rows][:, cols_c], k=k, n_relevant=n_relevant[sl][rows])
             idx = np.arange(sl.start, sl.stop)[rows]
             out["ap_filtered"][idx], out["p_at_k_filtered"][idx] = ap, pk
-            tc, tv = top_k(sub, k)
-            out["top_filtered"][idx, :tc.shape[1]] = cols_c[tc]
-            out["top_sims_filtered"][idx, :tc.shape[1]] = tv
+            tc, tv = top_k(sub, deep)
+            out["top_long_filtered"][idx, :tc.shape[1]] = cols_c[tc]
+            out["top_sims_filtered"][idx, :min(k, tc.shape[1])] = tv[:, :k]
 
     threads = threads or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=threads) as pool:  # numpy sorts and BLAS release the GIL
         list(pool.map(work, range(0, q, chunk)))
+    for suffix in ("", "_filtered"):
+        top = out["top_long" + suffix]
+        out["top" + suffix] = top[:, :k]
+        out["rel_top" + suffix] = (top >= 0) & (item_classes[np.maximum(top, 0)] == labels[:, None])
     return out
 
 
 def run(config: EvaluateSearchConfig) -> dict:
-    """Evaluate; returns the result dict and writes ``search_eval.{md,json}`` under ``out``."""
+    """Evaluate; returns the result dict and writes ``search_eval.{md,json}`` (and, with
+    ``figures``, the PNGs the Markdown links) under ``out``."""
     from artifacts import model_artifact, storage
     from artifacts.configuration import to_dict
     from artifacts.hnsw_index import HnswIndex, recall_at_k
+    from tune import search_report
     from tune.data import fashion_mnist
 
     t0 = time.time()
@@ -218,7 +245,7 @@ def run(config: EvaluateSearchConfig) -> dict:
              t_exact - t_embed, len(index))
     k = config.k
     ex = exact_metrics(queries, labels, predicted, index.vectors, item_classes, k=k, chunk=config.chunk,
-                       threads=config.threads)
+                       threads=config.threads, depth=max(PRECISION_KS + (config.gallery_results,)))
     t_hnsw = time.time()
 
     # The served path: HNSW, unfiltered and restricted to the predicted class's category.
@@ -250,6 +277,8 @@ def run(config: EvaluateSearchConfig) -> dict:
             "classify_then_filter": {"map": float(np.nanmean(ex["ap_filtered"])) if valid.any() else float("nan"),
                                      "precision_at_k": float(ex["p_at_k_filtered"].mean())},
         },
+        "per_class": search_report.per_class(labels, list(card.class_names), {
+            "ap": ex["ap"], "ap_filtered": ex["ap_filtered"], "precision_at_k": ex["p_at_k"]}),
         "hnsw": {"no_filter": hnsw_stats(h_top, ex["top_sims"]),
                  "classify_then_filter": hnsw_stats(hf_top, ex["top_sims_filtered"])},
         "index_params": manifest.params,
@@ -259,13 +288,34 @@ def run(config: EvaluateSearchConfig) -> dict:
                     "hnsw": round(time.time() - t_hnsw, 2), "total": round(time.time() - t0, 2)},
         "config": to_dict(config),
     }
+    curves = {key: search_report.precision_curve(ex["rel_top" + suffix])
+              for key, suffix in (("no_filter", ""), ("classify_then_filter", "_filtered"))}
+    for key, curve in curves.items():
+        result["exact"][key]["precision_at"] = {str(n): float(curve[n - 1]) for n in PRECISION_KS}
     out = config.out or storage.join(root, "evaluations", "search", manifest.index_id or "index")
-    result["markdown"] = markdown_table(result)
+    if config.figures and len(picks):
+        t_fig = time.time()
+        result["figures"] = search_report.write_figures(
+            out, index=index, class_names=list(card.class_names), item_classes=item_classes,
+            query_images=ds.test_images[picks], labels=labels, predicted=predicted, top=ex["top_long"],
+            curves=curves, per_class_rows=result["per_class"], gallery_queries=config.gallery_queries,
+            gallery_results=config.gallery_results, map_points=config.map_points, map_method=config.map_method,
+            seed=config.seed)
+        result["seconds"]["figures"] = round(time.time() - t_fig, 2)
+        result["seconds"]["total"] = round(time.time() - t0, 2)
+    result["markdown"] = markdown_report(result)
     storage.write_text(storage.join(out, "search_eval.json"), json.dumps(result, indent=2, default=str) + "\n")
     storage.write_text(storage.join(out, "search_eval.md"), result["markdown"])
     result["out"] = out
     log.info("search evaluation written to %s in %.1f s", out, time.time() - t0)
     return result
+
+
+def markdown_report(r: dict) -> str:
+    """:func:`markdown_table`, then precision@k, per-class AP and the pictures."""
+    from tune import search_report
+
+    return markdown_table(r).rstrip("\n") + "\n\n" + "\n".join(search_report.markdown_sections(r)) + "\n"
 
 
 def markdown_table(r: dict) -> str:

@@ -294,6 +294,70 @@ def _plot_per_class(path: pathlib.Path, per_class: list[dict]) -> None:
     fig.savefig(path)
 
 
+def optimizer_lr_grid(rows: list[dict], metric: str = "val_accuracy"):
+    """The optimizer × learning-rate table of a grid, or None unless its trials cross both (some
+    optimizer ran at two learning rates and some learning rate with two optimizers: a grid that
+    pairs each optimizer with its own rate has nothing to compare in a table).
+
+    Returns ``(optimizers, learning_rates, values, counts)``: ``values[i, j]`` is the best
+    ``metric`` of the trials with optimizer ``i`` and learning rate ``j`` (over whatever else
+    the grid varies; NaN where none has a score), ``counts[i, j]`` how many trials that is.
+    """
+    import numpy as np
+
+    cells: dict[tuple[str, float], list[float]] = {}
+    for r in rows:
+        lr = _num(r.get("learning_rate"))
+        if r.get("optimizer") in (None, "") or lr is None:
+            continue
+        cells.setdefault((str(r["optimizer"]), lr), []).append(_num(r.get(metric)))
+    optimizers = sorted({o for o, _ in cells})
+    lrs = sorted({lr for _, lr in cells})
+    crossed = (max(sum(o == x for x, _ in cells) for o in optimizers) >= 2 if optimizers else False) and \
+        (max(sum(lr == y for _, y in cells) for lr in lrs) >= 2 if lrs else False)
+    if not crossed:
+        return None
+    values = np.full((len(optimizers), len(lrs)), np.nan)
+    counts = np.zeros(values.shape, np.int64)
+    for (o, lr), scores in cells.items():
+        i, j = optimizers.index(o), lrs.index(lr)
+        counts[i, j] = len(scores)
+        scored = [v for v in scores if v is not None]
+        if scored:
+            values[i, j] = max(scored)
+    return optimizers, lrs, values, counts
+
+
+def _plot_lr_heatmap(path: pathlib.Path, grid, metric_label: str) -> None:
+    import numpy as np
+
+    optimizers, lrs, values, counts = grid
+    fig = _new_figure((max(5.0, 1.1 * len(lrs) + 2.5), max(3.0, 0.7 * len(optimizers) + 1.8)))
+    ax = fig.subplots()
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-9,
+                      aspect="auto")
+    fig.colorbar(image, ax=ax, shrink=0.85, label=metric_label)
+    several = (counts > 1).any()
+    for i in range(len(optimizers)):
+        for j in range(len(lrs)):
+            v = values[i, j]
+            text = _MISSING if math.isnan(v) else f"{100.0 * v:.2f}%"
+            if several and counts[i, j]:
+                text += f"\n(best of {counts[i, j]})"
+            # Dark text on the bright end of viridis, white elsewhere.
+            light = math.isnan(v) or hi > lo and (v - lo) / (hi - lo) > 0.6  # an empty cell is white
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if light else "white")
+    ax.set_xticks(range(len(lrs)), labels=[format_lr(lr) for lr in lrs])
+    ax.set_yticks(range(len(optimizers)), labels=optimizers)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("optimizer")
+    ax.set_title(f"{metric_label.capitalize()} by optimizer × learning rate"
+                 + ("\n(best trial per cell)" if several else ""), fontsize=10)
+    fig.savefig(path)
+
+
 def _class_names(test_metrics: dict, size: int) -> list[str]:
     names = test_metrics.get("class_names")
     if not names:
@@ -321,7 +385,8 @@ def write_report(
     """Write report.md, leaderboard.csv and PNG figures into ``out_dir``; return report.md's path.
 
     Rows are ranked by ``val_accuracy`` (missing last). ``training_curves.png`` is
-    only written when some history has epochs, and the confusion-matrix and
+    only written when some history has epochs, ``optimizer_lr_heatmap.png`` only when
+    the trials cross optimizer and learning rate, and the confusion-matrix and
     per-class figures only when ``test_metrics`` is given; the Markdown links
     exactly the images that were written. Without ``best_trial_id`` the top-ranked
     trial is marked as best.
@@ -365,6 +430,13 @@ def write_report(
         md += ["### Training curves", "", "![training curves](training_curves.png)", ""]
     else:
         md += ["No training histories were recorded.", ""]
+    grid = optimizer_lr_grid(rows)
+    if grid is not None:
+        _plot_lr_heatmap(out / "optimizer_lr_heatmap.png", grid, "validation accuracy")
+        md += ["### Optimizer × learning rate", "",
+               "![optimizer × learning rate](optimizer_lr_heatmap.png)", "",
+               "Validation accuracy of each optimizer and learning rate; where the grid varies more (architecture, "
+               "batch size), a cell shows its best trial.", ""]
     if test_metrics and test_metrics.get("confusion_matrix"):
         cm = test_metrics["confusion_matrix"]
         _plot_confusion_matrix(out / "confusion_matrix.png", cm, _class_names(test_metrics, len(cm)))

@@ -94,6 +94,88 @@ def test_exact_metrics_filtered_and_unfiltered():
     assert (classes[out["top_filtered"]] == predicted[:, None]).all()
 
 
+def test_precision_at_several_k_and_per_class_ap_by_brute_force():
+    from tune import search_report
+
+    # Hand-made: query 0's top 3 are relevant, wrong, relevant; query 1's list has one result.
+    rel = np.array([[1, 0, 1], [1, 0, 0]], bool)
+    np.testing.assert_allclose(search_report.precision_curve(rel), [(1 + 1) / 2, (1 / 2 + 1 / 2) / 2,
+                                                                    (2 / 3 + 1 / 3) / 2])
+
+    rng = np.random.default_rng(3)
+    classes = rng.integers(0, 3, 200)
+    catalogue = l2_normalise(rng.normal(size=(3, 8))[classes] + rng.normal(size=(200, 8)))
+    labels = rng.integers(0, 3, 40)
+    queries = l2_normalise(rng.normal(size=(3, 8))[labels] + rng.normal(size=(40, 8)))
+    predicted = np.where(rng.random(40) < 0.6, labels, (labels + 1) % 3)
+    out = exact_metrics(queries, labels, predicted, catalogue, classes, k=10, chunk=9, threads=2, depth=30)
+    curve = search_report.precision_curve(out["rel_top"])
+    sims = queries @ catalogue.T
+    n_rel = np.array([(classes == y).sum() for y in labels])
+    for k in (1, 5, 10, 30):
+        _, slow_pk = slow_metrics(sims, classes[None] == labels[:, None], k, n_rel)
+        assert curve[k - 1] == pytest.approx(slow_pk.mean())
+    assert curve[9] == pytest.approx(out["p_at_k"].mean())  # the same P@10 the table reports
+    keep = classes[None] == predicted[:, None]
+    _, f_p5 = slow_metrics(np.where(keep, sims, -np.inf), (classes[None] == labels[:, None]) & keep, 5, n_rel)
+    assert search_report.precision_curve(out["rel_top_filtered"])[4] == pytest.approx(f_p5.mean())
+
+    rows = search_report.per_class(labels, ["a", "b", "c", "never queried"], {"ap": out["ap"]})
+    assert [r["class"] for r in rows] == ["a", "b", "c"]
+    slow_ap, _ = slow_metrics(sims, classes[None] == labels[:, None], 10, n_rel)
+    for c, row in enumerate(rows):
+        assert row["queries"] == (labels == c).sum()
+        assert row["ap"] == pytest.approx(np.mean([a for a, y in zip(slow_ap, labels) if y == c]))
+
+
+def test_pca_map_and_gallery_queries():
+    from tune import search_report
+
+    rng = np.random.default_rng(4)
+    # Points on a line in 5-D plus a little noise: PC1 holds nearly all the variance, and the
+    # first coordinate is the position along the line (up to sign).
+    t = rng.normal(size=300)
+    x = np.outer(t, [1, 2, 0, 0, 1]) + 0.01 * rng.normal(size=(300, 5))
+    xy, ratio = search_report.pca_2d(x)
+    assert xy.shape == (300, 2) and ratio[0] > 0.99
+    assert abs(np.corrcoef(xy[:, 0], t)[0, 1]) > 0.999
+    _, caption = search_report.embedding_map(x, "pca")
+    assert caption.startswith("PCA")
+    with pytest.raises(ValueError, match="unknown map_method"):
+        search_report.embedding_map(x, "umap")
+
+    labels = np.array([2, 0, 0, 1, 2, 0, 0])
+    rows = search_report.pick_gallery_queries(labels, 5, seed=0)
+    assert list(labels[rows]) == [0, 1, 2, 0, 2] and len(set(rows.tolist())) == 5
+    assert len(search_report.pick_gallery_queries(labels, 50)) == len(labels)  # never repeats a query
+
+
+def _red_pixels(png: bytes) -> int:
+    import io
+
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int(((rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum())
+
+
+def test_gallery_outlines_only_wrong_results_in_red():
+    from PIL import Image
+
+    from tune import search_report
+
+    tile = np.tile(np.linspace(0, 255, 28, dtype=np.uint8), (28, 1))
+
+    def gallery(wrong):
+        return search_report.gallery_png([{"query": tile, "title": "query: Bag", "results": [
+            {"image": tile, "label": "Bag", "wrong": False}, {"image": None, "label": "Bag", "wrong": False},
+            {"image": np.stack([tile] * 3, axis=-1), "label": "Coat" if wrong else "Bag", "wrong": wrong}]}])
+
+    right, wrong = gallery(False), gallery(True)
+    assert right.startswith(b"\x89PNG") and Image.open(__import__("io").BytesIO(right)).size[0] > 300
+    assert _red_pixels(right) == 0 and _red_pixels(wrong) > 100
+
+
 def test_category_names_match_class_names_loosely():
     names = ["T-shirt/top", "Trouser", "Ankle boot"]
     assert category_classes(["T-shirt/top", "t-shirt_top", "ankle-boot", "TROUSER", "hats"], names) == {
@@ -155,6 +237,36 @@ def test_evaluate_search_end_to_end(tiny_setup, tiny_fashion_mnist):
     saved = json.loads(storage.read_text(storage.join(r["out"], "search_eval.json")))
     assert saved["exact"] == r["exact"] and saved["config"]["threads"] == 2
 
+    # precision@k at 1, 5, 10, 30: the P@10 of the table, never rising above 1; with the filter
+    # every result is the predicted class, so P@k is the accuracy at every k (each class has
+    # more than 30 catalogue items).
+    for key in ("no_filter", "classify_then_filter"):
+        p_at = r["exact"][key]["precision_at"]
+        assert list(p_at) == ["1", "5", "10", "30"]
+        assert p_at["10"] == pytest.approx(r["exact"][key]["precision_at_k"])
+    assert r["exact"]["classify_then_filter"]["precision_at"]["30"] == pytest.approx(acc)
+    # Per class: weighted by queries, the class means give back the overall ones.
+    rows = r["per_class"]
+    counts = np.array([row["queries"] for row in rows])
+    assert counts.sum() == 200 and saved["per_class"] == rows
+    for col, overall in (("ap", r["exact"]["no_filter"]["map"]), ("ap_filtered", acc),
+                         ("precision_at_k", r["exact"]["no_filter"]["precision_at_k"])):
+        assert np.dot(counts, [row[col] for row in rows]) / counts.sum() == pytest.approx(overall)
+    assert "| Class | Queries | AP (all categories) |" in md and "| P@1 | P@5 | P@10 | P@30 |" in md
+
+    # The pictures: valid PNGs, linked from the Markdown.
+    from PIL import Image
+
+    for name in ("retrieval_gallery.png", "precision_at_k.png", "per_class_ap.png", "embedding_map.png"):
+        path = storage.join(r["out"], name)
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.width > 300 and im.height > 200
+            im.verify()
+        assert f"]({name})" in md
+    figures = r["figures"]
+    assert figures["gallery_queries"] == 8 and len(set(ds.test_labels[figures["gallery_rows"]])) == 8
+    assert figures["map_points"] == 600 and figures["embedding_map_caption"].startswith("PCA")
+
 
 def test_cli_subset_and_model_mismatch(tiny_setup, tiny_fashion_mnist, tmp_path, capsys):
     from jobs import evaluate_search
@@ -165,6 +277,12 @@ def test_cli_subset_and_model_mismatch(tiny_setup, tiny_fashion_mnist, tmp_path,
                                "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["queries"] == 50 and (tmp_path / "ev" / "search_eval.md").exists()
+    assert (tmp_path / "ev" / "retrieval_gallery.png").exists()
+    rc = evaluate_search.main(["--storage", root, "--index", built, "--data", str(tiny_fashion_mnist),
+                               "--queries", "20", "--out", str(tmp_path / "bare"), "--set", "figures=false"])
+    assert rc == 0 and not list((tmp_path / "bare").glob("*.png"))
+    assert ".png)" not in (tmp_path / "bare" / "search_eval.md").read_text()
+    capsys.readouterr()
     manifest_path = storage.join(built, "index_manifest.json")
     manifest = json.loads(storage.read_text(manifest_path))
     storage.write_text(manifest_path, json.dumps({**manifest, "model_id": "another-model"}))

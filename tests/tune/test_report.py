@@ -170,3 +170,55 @@ def test_format_duration(seconds, text):
 )
 def test_format_lr(lr, text):
     assert format_lr(lr) == text
+
+
+def _grid_trials():
+    """2 optimizers x 3 learning rates x 2 architectures, one cell never run, one trial failed."""
+    rows, acc = [], iter(np.linspace(0.70, 0.92, 12))
+    for opt in ("adam", "sgd"):
+        for lr in (0.01, 0.001, 0.0001):
+            for arch in ("mlp", "cnn"):
+                if (opt, lr) == ("sgd", 0.0001):
+                    continue  # never run: an empty cell
+                a = float(next(acc))
+                rows.append({"trial_id": f"{opt}_{lr}_{arch}", "architecture": arch, "optimizer": opt,
+                             "learning_rate": lr, "val_accuracy": a, "status": "TERMINATED"})
+    rows.append({"trial_id": "sgd_err", "architecture": "cnn", "optimizer": "sgd", "learning_rate": 0.01,
+                 "val_accuracy": None, "status": "ERROR"})
+    return rows
+
+
+def test_optimizer_lr_heatmap_cells_are_the_best_trials(tmp_path):
+    from tune.report import optimizer_lr_grid
+
+    rows = _grid_trials()
+    optimizers, lrs, values, counts = optimizer_lr_grid(rows)
+    assert optimizers == ["adam", "sgd"] and lrs == [0.0001, 0.001, 0.01]
+    for i, opt in enumerate(optimizers):
+        for j, lr in enumerate(lrs):
+            scores = [r["val_accuracy"] for r in rows if r["optimizer"] == opt and r["learning_rate"] == lr]
+            assert counts[i, j] == len(scores)
+            scored = [s for s in scores if s is not None]
+            if scored:
+                assert values[i, j] == pytest.approx(max(scored))
+            else:
+                assert np.isnan(values[i, j])
+    assert counts[1, 0] == 0 and counts[1, 2] == 3  # the empty cell; the failed trial still counts
+
+    path = write_report(tmp_path, title="Grid", leaderboard=rows, histories={}, test_metrics=None,
+                        best_trial_id=None)
+    _assert_png(tmp_path / "optimizer_lr_heatmap.png")
+    md = path.read_text(encoding="utf-8")
+    assert "![optimizer × learning rate](optimizer_lr_heatmap.png)" in md
+
+
+def test_no_heatmap_unless_the_grid_crosses_both(tmp_path, trials):
+    from tune.report import optimizer_lr_grid
+
+    leaderboard, _ = trials  # each optimizer at its own learning rate
+    assert optimizer_lr_grid(leaderboard) is None
+    one_optimizer = [r for r in _grid_trials() if r["optimizer"] == "adam"]
+    assert optimizer_lr_grid(one_optimizer) is None
+    write_report(tmp_path, title="Adam only", leaderboard=one_optimizer, histories={}, test_metrics=None,
+                 best_trial_id=None)
+    assert not (tmp_path / "optimizer_lr_heatmap.png").exists()
