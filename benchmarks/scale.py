@@ -410,8 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         rows = json.loads(Path(args.from_json).read_text())
         return _report(rows, args, "python benchmarks/scale.py (see the run's command)", 0.0)
+    import signal
+
     from artifacts import storage
     from cluster.local_cluster import LocalCluster, LocalClusterConfig
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the cluster on the way out
 
     work = Path(args.work or Path(os.environ.get("VITRINE_CACHE_DIR") or Path.home() / ".cache" / "vitrine") / "scale")
     work.mkdir(parents=True, exist_ok=True)
@@ -425,8 +429,10 @@ def main(argv: list[str] | None = None) -> int:
                    env=env, check=True, cwd=str(ROOT), stderr=subprocess.DEVNULL)
     rows = []
     cpus = os.cpu_count() or 2
+    # Ray runs its workers at niceness 15 by default: on a machine shared with anything else they
+    # would measure that, not the job. The benchmark's cluster runs them at the normal priority.
     config = LocalClusterConfig(workers=0, head_cpus=cpus, memory_mb=8192, object_store_mb=2048,
-                                temp_root="/tmp")
+                                temp_root="/tmp", env=("RAY_worker_niceness=0",))
     with LocalCluster(config) as cluster:
         for n in (int(s) for s in args.sizes.split(",")):
             rows.append(measure_size(n, work, model, cluster, env, qpath, args.local_max_items))

@@ -81,18 +81,14 @@ def decode_batch(batch, *, spec: dict, io_threads: int = 16):
     import numpy as np
     import pyarrow as pa
 
-    from artifacts.preprocess import PreprocessSpec, preprocess_or_reason
+    from artifacts.preprocess import PreprocessSpec, preprocess_many
 
     spec_ = PreprocessSpec.from_dict(spec)
     size = spec_.height * spec_.width * spec_.channels
     datas, hashes, errors = read_verified(batch, io_threads=io_threads)
-    pixels = np.zeros((len(datas), size), np.float32)
-    for i, data in enumerate(datas):
-        if data is None:
-            continue
-        x, errors[i] = preprocess_or_reason(data, spec_)
-        if x is not None:
-            pixels[i] = x.reshape(-1)
+    inputs, reasons = preprocess_many(datas, spec_)
+    pixels = inputs.reshape(len(datas), size)
+    errors = [e if e is not None else r for e, r in zip(errors, reasons)]
     return pa.table({
         **_item_columns(batch, hashes),
         "pixels": pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), size),

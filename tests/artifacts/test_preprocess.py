@@ -132,3 +132,33 @@ def test_header_pixels_reads_the_size_without_decoding():
     with pytest.raises(ImageDecodeError, match="too large") as err:
         decode_image(bomb, max_pixels=16_000_000)
     assert err.value.too_large
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_many_images_at_once_give_each_image_s_own_input_and_reason(channels):
+    """preprocess_many (the embedding job's decode) groups images by shape for one canonicalise
+    call per group: the inputs must be exactly preprocess_bytes', the reasons those of
+    preprocess_or_reason, whatever the mix."""
+    from artifacts import photo_style
+    from artifacts.preprocess import preprocess_many, preprocess_or_reason
+
+    spec = PreprocessSpec(channels=channels, height=28, width=28, foreground_map=True, background_gradient=True,
+                          crop=True, pad_square=True, stretch_percentile=99.0)
+    assert spec.is_canonical
+    rng = np.random.default_rng(7)
+    tiles = [np.clip(rng.normal(0, 1, (28, 28)).cumsum(0) * 20 + 60, 0, 255).astype(np.uint8) for _ in range(6)]
+    datas = [encode(Image.fromarray(t)) for t in tiles]  # same shape: one group
+    datas += [photo_style.encode_jpeg(photo_style.render_photo(t, rng, size=s), 80) for t, s in zip(tiles, (64, 96, 128))]
+    datas += [encode(garment(True, (50, 70), "RGB")), encode(garment(False)), b"not an image", None,
+              encode(garment(True, (3, 900)))]
+    inputs, reasons = preprocess_many(datas, spec)
+    assert inputs.shape == (len(datas), 28, 28, channels)
+    for i, data in enumerate(datas):
+        if data is None:
+            assert reasons[i] is None and not inputs[i].any()
+            continue
+        x, reason = preprocess_or_reason(data, spec)
+        assert reasons[i] == reason
+        if x is not None:
+            np.testing.assert_array_equal(inputs[i], x)
+    assert reasons[datas.index(b"not an image")] is not None
