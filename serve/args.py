@@ -30,7 +30,8 @@ class AppArgs(BaseModel):
     # Decoding budget. 16 MP covers a 4608×3456 phone photo; a pixel bomb (a 35 KB PNG that
     # claims 36 MP costs ~0.5 s of decoding) is refused from its header, before any decoding.
     max_pixels: int = Field(16_000_000, gt=0)
-    # POST /v1/embed: all images of one request together, from their headers, before decoding.
+    # POST /v1/embed and /v1/search/batch: all images of one request together, from their headers,
+    # before decoding.
     max_request_pixels: int = Field(64_000_000, gt=0)
     # Slow bodies: the whole upload within upload_timeout_s, never idle for upload_idle_timeout_s.
     upload_timeout_s: float = Field(60.0, gt=0)
@@ -51,6 +52,12 @@ class AppArgs(BaseModel):
     search_requires_key: bool = False
     # POST /v1/embed (the nightly job's small increments): images per request, within max_upload_bytes.
     max_batch_images: int = Field(256, ge=1)
+    # POST /v1/search/batch: images per request (each answers up to max_k hits), within
+    # max_upload_bytes and max_request_pixels.
+    max_search_batch_images: int = Field(32, ge=1)
+    # Origins (https://shop.example) whose pages may call the API from a browser (CORS); empty =
+    # none: the app's own page is same-origin and needs none.
+    cors_origins: tuple[str, ...] = ()
     # GET /v1/items/{id}/image opens only files under these prefixes (paths or s3://...); empty =
     # the roots the served index recorded from its embedding run. Set it to pin them here.
     catalogue_roots: tuple[str, ...] = ()

@@ -2,94 +2,88 @@
 
 A request is decoded and preprocessed here once (the same function as training and embedding),
 classified by the Classifier, then searched by Search, both pinned to the version this replica
-serves at the moment the request arrived. A sharded index is served by several Search slots
-(``search_shards``): a query asks the slots holding its category (all of them for
-``category=all``) and their hits are merged. The served version is re-read from storage every
-``poll_interval_s``; a new one is warmed on a replica of each deployment before it is used, and
-one that cannot be served is refused with a log line while the old one keeps serving. A warm-up
-that fails for a reason that may pass (storage, timeout, lost replica) is tried again later.
+serves at the moment the request arrived (:mod:`.version_watch` decides which). A sharded index
+is served by several Search slots (``search_shards``): a query asks the slots holding its
+category (all of them for ``category=all``) and their hits are merged.
 
-Uploads are read by :mod:`.uploads`, keys checked by :mod:`.auth`, catalogue images streamed by
-:mod:`.item_images`. The version watch stays in this class (it is the replica state every route
-reads), which keeps the module a little over 400 lines.
+Routes are typed (query and path parameters, :mod:`.schemas` response models), so ``/docs``
+documents them; uploads are read by :mod:`.uploads` (the body is read here, with limits, not by
+FastAPI), several images by :mod:`.image_batch`, keys checked by :mod:`.auth`, catalogue images
+streamed by :mod:`.item_images`, and every error answered in :mod:`.errors`' one shape.
 """
 
-# No `from __future__ import annotations`: FastAPI must see `Request` itself in the signatures of
-# these methods, which Serve rewrites into routes.
+# No `from __future__ import annotations`: FastAPI must see `Request` and the parameter types
+# themselves in the signatures of these methods, which Serve rewrites into routes.
 import asyncio
 import json
 import logging
 import time
 import uuid
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import BeforeValidator
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from starlette.concurrency import run_in_threadpool
 
 from artifacts import catalogue, storage
-from artifacts.index_shards import merge_top_k, slot_of
 from artifacts.logs import setup_logging
-from artifacts.preprocess import (ImageDecodeError, PreprocessSpec, header_pixels, preprocess_bytes,
-                                  preprocess_or_reason)
+from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_bytes
 
-from . import versions
+from . import cors, schemas, versions
 from .args import AppArgs
 from .auth import ApiKeys, AuthError
+from .errors import ApiError, error_response, install_error_handlers
+from .fanout import SearchSlots, call
+from .image_batch import preprocess_batch
 from .item_images import ItemImageError, item_image_response
-from .retry import RetryBackoff, short_reason, without_locations
-from .uploads import UploadError, image_from_body, images_from_body, read_body
+from .uploads import UploadError, image_from_body, read_body
+from .version_watch import VersionWatch
 
 log = logging.getLogger("vitrine.serve")
 API_VERSION = "v1"
 PAGE = Path(__file__).with_name("static") / "index.html"
-# Classify and search are idempotent: a call whose replica died under it (node lost, process
-# killed) is sent again, and the router picks a live replica.
-REPLICA_RETRIES = 2
-# Seconds a client is asked to wait when the Classifier or Search queue is full (the proxy's own
-# rejections carry serve/config.yaml's backpressure_config.retry_after_s).
-OVERLOAD_RETRY_AFTER_S = 1
 
 app = FastAPI(title="vitrine", version=API_VERSION,
-              description="Fashion image classification and visual search over the catalogue.")
+              description="Fashion image classification and visual search over the catalogue. Every error "
+                          "answers `{\"error\": \"<reason>\", \"status\": <code>}`; a 503 carries `Retry-After`.")
+install_error_handlers(app)
+app.add_middleware(cors.ConfiguredCORS)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+def _blank_is_none(value):
+    return None if value == "" else value  # the page sends "k=" before it knows the default
 
 
-async def call(method, *args):
-    """``await handle.method.remote(*args)``, again on a live replica if the first one died."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-
-    for attempt in range(REPLICA_RETRIES + 1):
-        try:
-            return await method.remote(*args)
-        except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
-            if attempt == REPLICA_RETRIES:
-                raise ApiError(503, f"no live replica answered ({type(exc).__name__}); try again") from None
-            log.warning("replica lost during a call (%s); retrying on another", type(exc).__name__)
-            await asyncio.sleep(0.05 * (attempt + 1))
+K = Annotated[int | None, BeforeValidator(_blank_is_none),
+              Query(description="How many results, 1 to max_k (GET /v1/info); default default_k. "
+                                "Out of range: 400.")]
+CATEGORY = Annotated[str, Query(description="`auto`: within the predicted class; `all`: every category; "
+                                            "or a category name (GET /v1/info lists them).")]
+THRESHOLD = Annotated[float, Query(ge=0, le=100, description="Leave out hits below this similarity "
+                                                             "(percent, the scale of `similarity`).")]
+SEARCH_ERRORS = schemas.errors(400, 401, 403, 408, 413, 422, 500, 503)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status)
+def _in_range(name: str, value: int | None, default: int, lo: int, hi: int) -> int:
+    if value is None:
+        return default
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be between {lo} and {hi}, got {value}")
+    return value
 
 
-@app.exception_handler(StarletteHTTPException)
-async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """FastAPI's own 404 / 405 (no such route, wrong method) in the documented error shape,
-    keeping its headers (``Allow`` on a 405)."""
-    response = _error(exc.status_code, str(exc.detail))
-    response.headers.update(exc.headers or {})
-    return response
+def _above(hits: list[dict], threshold: float) -> list[dict]:
+    # On the similarity the client sees (rounded to 0.01), so every hit shown is >= the threshold.
+    return [h for h in hits if h["similarity"] >= threshold] if threshold > 0 else hits
+
+
+def _with_urls(hits: list[dict]) -> list[dict]:
+    return [{**h, "image_url": f"/v1/items/{h['item_id']}/image"} for h in hits]
 
 
 @serve.deployment(name="Ingress")
@@ -97,171 +91,29 @@ async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONR
 class Ingress:
     def __init__(self, classifier, search, args: dict):
         setup_logging()
+        from .metrics import AppMetrics
+
         self.classifier = classifier
         # One handle per search slot (serve/search.py); a sharded index's shards are spread over them.
-        self.searches = list(search) if isinstance(search, (list, tuple)) else [search]
+        self.slots = SearchSlots(search)
         self.args = AppArgs(**args)
         self.root = self.args.storage or storage.default_root()
         self.keys = ApiKeys(self.args.api_keys_file)
-        self.version: versions.ServingVersion | None = None
-        self.refused: dict[tuple, str] = {}  # versions that failed their checks, with the reason
-        self.retries = RetryBackoff()  # versions whose warm-up failed for a reason that may pass
-        self._problem = "no version checked yet"
-        self._checked_at = 0.0
-        self._refresh_lock = asyncio.Lock()
-        self._refresh_task: asyncio.Task | None = None
-        self.page = PAGE.read_text(encoding="utf-8") if PAGE.exists() else "<h1>vitrine</h1>"
-        from .metrics import AppMetrics
-
         self.metrics = AppMetrics()
-
-    # ------------------------------------------------------------ versions
-    async def _serving(self) -> versions.ServingVersion:
-        """The version for this request; checks storage for a newer one in the background."""
-        if self.version is None:
-            await self._refresh()
-        elif time.monotonic() - self._checked_at >= self.args.poll_interval_s and (
-                self._refresh_task is None or self._refresh_task.done()):
-            self._refresh_task = asyncio.get_running_loop().create_task(self._refresh())
-        if self.version is None:
-            raise ApiError(503, f"nothing to serve yet: {without_locations(self._problem)}")
-        return self.version
-
-    async def _refresh(self) -> None:
-        async with self._refresh_lock:
-            if self.version is not None and time.monotonic() - self._checked_at < self.args.poll_interval_s:
-                return
-            self._checked_at = time.monotonic()
-            try:
-                candidate = await run_in_threadpool(versions.resolve, self.root, model=self.args.model,
-                                                    index=self.args.index)
-            except versions.NothingPublished as exc:
-                self._problem = str(exc)
-                return
-            except versions.VersionRejected as exc:
-                self._refuse(("resolve", str(exc)), str(exc))
-                return
-            except Exception as exc:  # storage unreachable: keep serving what we have
-                self._problem = f"cannot read {self.root}: {exc}"
-                log.warning("version check failed (%s); %s", exc, self._keeping())
-                return
-            self.retries.keep_only([candidate.key])
-            if self.version is not None and candidate.key == self.version.key:
-                return
-            if candidate.key in self.refused or not self.retries.due(candidate.key):
-                return
-            timeout = self.args.warm_timeout_s
-            try:  # load it on one replica of each before any request depends on it
-                # A timeout only stops this wait: the replica's load goes on (its cache shields it),
-                # so the next try picks up that same load instead of starting over.
-                model = await asyncio.wait_for(self.classifier.warm.remote(candidate.model_id), timeout)
-                if model["embedding_dim"] != candidate.embedding_dim:
-                    raise versions.VersionRejected(f"model {candidate.model_id} produces {model['embedding_dim']}-"
-                                                   f"dimensional embeddings, its card says {candidate.embedding_dim}")
-                if candidate.index_id:
-                    await asyncio.wait_for(self._warm_search(candidate), timeout)
-            except Exception as exc:
-                if versions.is_permanent(exc):
-                    self.retries.succeeded(candidate.key)
-                    self._refuse(candidate.key, f"model {candidate.model_id} / index {candidate.index_id}: {exc}")
-                else:
-                    self._retry_later(candidate, exc)
-                return
-            self.retries.succeeded(candidate.key)
-            previous, self.version = self.version, candidate
-            self._problem = ""
-            self.metrics.swaps.inc(tags={"outcome": "served"})
-            self.metrics.index_version.set(candidate.published_at,
-                                           tags={"index_id": str(candidate.index_id), "model_id": candidate.model_id})
-            log.info("now serving model %s with index %s (%d items)%s", candidate.model_id, candidate.index_id,
-                     candidate.index_items,
-                     f"; was model {previous.model_id} with index {previous.index_id}" if previous else "")
-
-    async def _warm_search(self, candidate: versions.ServingVersion) -> None:
-        """Load the index on a replica of every search slot; the version serves only once every
-        shard is loaded somewhere, so a query never meets a slot without its shards."""
-        infos = await asyncio.gather(*(h.warm.remote(candidate.index_id) for h in self.searches))
-        for index in infos:
-            if index["model_id"] != candidate.model_id or index["embedding_dim"] != candidate.embedding_dim:
-                raise versions.VersionRejected(
-                    f"index {candidate.index_id} (model {index['model_id']}, dim {index['embedding_dim']}) "
-                    f"does not match model {candidate.model_id} (dim {candidate.embedding_dim})")
-        held = sorted(s for index in infos for s in index.get("shards", [0]))
-        items = sum(int(index["items"]) for index in infos)
-        if held != list(range(candidate.shards)) or items != candidate.index_items:
-            raise versions.VersionRejected(
-                f"index {candidate.index_id}: its {candidate.shards} shard(s) of {candidate.index_items} items are "
-                f"served as shards {held} holding {items} items by {len(self.searches)} search slot(s)")
-
-    def _slots(self, v: versions.ServingVersion, category: str | None = None) -> list:
-        """Handles of the search slots holding shards of ``category`` (``None``: every shard)."""
-        return [self.searches[n] for n in sorted({slot_of(s, len(self.searches)) for s in v.shards_for(category)})]
-
-    async def _search(self, v: versions.ServingVersion, embedding, k: int, category: str | None) -> list[dict]:
-        slots = self._slots(v, category)
-        if len(slots) == 1:
-            return await call(slots[0].search, embedding, v.index_id, k, category)
-        parts = await asyncio.gather(*(call(h.search_scored, embedding, v.index_id, k, category) for h in slots))
-        return [hit for _, hit in merge_top_k(parts, k, lambda scored: scored[0])]
-
-    async def _image_location(self, v: versions.ServingVersion, item_id: str) -> dict | None:
-        # An item id does not say its shard (its category decides): every slot holding shards is asked.
-        found = await asyncio.gather(*(call(h.image_location, v.index_id, item_id) for h in self._slots(v)))
-        return next((f for f in found if f), None)
-
-    async def _samples(self, v: versions.ServingVersion, per_category: int) -> list[dict]:
-        parts = await asyncio.gather(*(call(h.samples, v.index_id, per_category) for h in self._slots(v)))
-        rows, taken = [], {}
-        for row in sorted((r for part in parts for r in part), key=lambda r: r["category"] or ""):
-            # A hash-split category has items in several slots, each of which sent its own samples.
-            if taken.get(row["category"], 0) < per_category:
-                taken[row["category"]] = taken.get(row["category"], 0) + 1
-                rows.append(row)
-        return rows
-
-    def _keeping(self) -> str:
-        v = self.version
-        return f"keeping model {v.model_id} with index {v.index_id}" if v else "nothing served yet"
-
-    def _retry_later(self, candidate: versions.ServingVersion, exc: BaseException) -> None:
-        if isinstance(exc, asyncio.TimeoutError):
-            reason = f"warm-up took longer than warm_timeout_s={self.args.warm_timeout_s:g}"
-        else:
-            reason = short_reason(exc)
-        state = self.retries.failed(candidate.key, reason)
-        wait = self.retries.delay(state.attempts)
-        log.warning("warming model %s / index %s failed (attempt %d: %s); trying again in %.0f s; %s",
-                    candidate.model_id, candidate.index_id, state.attempts, exc, wait, self._keeping())
-        self.metrics.swaps.inc(tags={"outcome": "retrying"})
-        if self.version is None:
-            self._problem = f"model {candidate.model_id} / index {candidate.index_id}: {reason}; retrying"
-
-    def _retrying(self) -> list[dict]:
-        return [{"model_id": key[0], "index_id": key[1], "attempts": state.attempts,
-                 "next_try_in_s": round(wait, 1), "last_error": state.last_error}
-                for key, state, wait in self.retries.pending()]
-
-    def _refuse(self, key: tuple, reason: str) -> None:
-        if key not in self.refused:
-            log.error("refusing to serve %s; %s", reason, self._keeping())
-            self.metrics.swaps.inc(tags={"outcome": "refused"})
-        self.refused[key] = reason
-        if self.version is None:
-            self._problem = reason
+        self.watch = VersionWatch(classifier, self.slots.handles, self.args, self.root, self.metrics)
+        cors.configure(self.args.cors_origins)
+        self.page = PAGE.read_text(encoding="utf-8") if PAGE.exists() else "<h1>vitrine</h1>"
 
     # ------------------------------------------------------------ helpers
     async def _body(self, request: Request) -> bytes:
         return await read_body(request, self.args.max_upload_bytes, timeout_s=self.args.upload_timeout_s,
                                idle_timeout_s=self.args.upload_idle_timeout_s)
 
-    async def _image(self, request: Request) -> bytes:
+    async def _classify(self, request: Request, version: versions.ServingVersion) -> dict:
         body = await self._body(request)
         # Off the event loop: parsing 10 MiB takes milliseconds, but never on the loop that
         # every other request of this replica waits on.
-        return await run_in_threadpool(image_from_body, body, request.headers.get("content-type", ""))
-
-    async def _classify(self, request: Request, version: versions.ServingVersion) -> dict:
-        data = await self._image(request)
+        data = await run_in_threadpool(image_from_body, body, request.headers.get("content-type", ""))
         spec = PreprocessSpec.from_dict(version.preprocessing)
         pixels = await run_in_threadpool(preprocess_bytes, data, spec, max_pixels=self.args.max_pixels)
         out = await call(self.classifier.predict, pixels, version.model_id)
@@ -269,10 +121,38 @@ class Ingress:
             raise ApiError(503, out["error"])
         return out
 
+    async def _batch(self, request: Request, version: versions.ServingVersion, limit: int):
+        """Several images of one request, preprocessed (off the event loop), then embedded and
+        classified in one Classifier call."""
+        body = await self._body(request)
+        spec = PreprocessSpec.from_dict(version.preprocessing)
+        batch = await run_in_threadpool(preprocess_batch, body, request.headers.get("content-type", ""), spec,
+                                        limit=limit, max_pixels=self.args.max_pixels,
+                                        max_request_pixels=self.args.max_request_pixels)
+        out = await call(self.classifier.embed_many, np.stack(batch.pixels), version.model_id) if batch.pixels else None
+        if batch.rejected:
+            self.metrics.rejected.inc(len(batch.rejected), tags={"reason": "not_an_image"})
+        return batch, out
+
     @staticmethod
     def _classes(version: versions.ServingVersion, probabilities: np.ndarray) -> list[dict]:
         order = np.argsort(-probabilities, kind="stable")
         return [{"name": version.class_names[i], "probability": round(float(probabilities[i]), 6)} for i in order]
+
+    @staticmethod
+    def _category(v: versions.ServingVersion, wanted: str, auto: str | None) -> str | None:
+        """What ``category=`` names: ``auto`` → ``auto`` (when the index has it), ``all`` → None."""
+        if wanted == "auto":
+            return auto if auto in v.categories else None
+        return None if wanted == "all" else wanted
+
+    def _searchable(self, v: versions.ServingVersion, k: int | None, category: str) -> tuple[int, str]:
+        if not v.index_id:
+            raise ApiError(503, "no index published yet: run the embedding job and build-index")
+        wanted = (category or "auto").strip()
+        if wanted not in ("auto", "all") and wanted not in v.categories:
+            raise ApiError(400, f"unknown category {wanted!r}; use auto, all or one of: {', '.join(v.categories)}")
+        return _in_range("k", k, self.args.default_k, 1, self.args.max_k), wanted
 
     async def _handle(self, endpoint: str, request: Request, work) -> Response:
         t0 = time.perf_counter()
@@ -281,25 +161,24 @@ class Ingress:
             response = result if isinstance(result, Response) else JSONResponse(result)
         except UploadError as exc:
             self.metrics.rejected.inc(tags={"reason": "upload"})
-            response = _error(exc.status, exc.reason)
+            response = error_response(exc.status, exc.reason)
         except ImageDecodeError as exc:
             self.metrics.rejected.inc(tags={"reason": "too_large" if exc.too_large else "not_an_image"})
-            response = _error(413 if exc.too_large else 400, f"not a usable image: {exc.reason}")
+            response = error_response(413 if exc.too_large else 400, f"not a usable image: {exc.reason}")
         except AuthError as exc:
             self.metrics.rejected.inc(tags={"reason": "auth"})
-            response = _error(exc.status, exc.reason)
+            response = error_response(exc.status, exc.reason)
             if exc.status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="vitrine"'
         except ApiError as exc:
-            response = _error(exc.status, exc.message)
+            response = error_response(exc.status, exc.message)
         except BackPressureError:  # a deployment behind this one has max_queued_requests waiting
             self.metrics.rejected.inc(tags={"reason": "overloaded"})
-            response = _error(503, "overloaded: too many requests are waiting; try again shortly")
-            response.headers["Retry-After"] = str(OVERLOAD_RETRY_AFTER_S)
+            response = error_response(503, "overloaded: too many requests are waiting; try again shortly")
         except Exception:  # a bug: logged with an id; the client gets the id, never the exception's text
             request_id = uuid.uuid4().hex[:12]
             log.exception("%s failed (request %s)", endpoint, request_id)
-            response = _error(500, f"internal error (request {request_id})")
+            response = error_response(500, f"internal error (request {request_id})")
         self.metrics.observe(endpoint, response.status_code, time.perf_counter() - t0)
         return response
 
@@ -308,102 +187,151 @@ class Ingress:
             return
         self.keys.check(request.headers.get("authorization"), scope)
 
-    def _int_param(self, request: Request, name: str, default: int, lo: int, hi: int) -> int:
-        raw = request.query_params.get(name)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ApiError(400, f"{name} must be an integer, got {raw!r}") from None
-        if not lo <= value <= hi:
-            raise ApiError(400, f"{name} must be between {lo} and {hi}, got {value}")
-        return value
-
     # ------------------------------------------------------------ routes
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
         return HTMLResponse(self.page)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=schemas.HealthResponse, responses=schemas.errors(503),
+             summary="Whether a version is served")
     async def healthz(self, request: Request) -> Response:
         async def work():
-            try:
-                v = await self._serving()
-            except ApiError as exc:
-                return _error(503, exc.message)
+            v = await self.watch.serving()
             return {"status": "ok", "model_id": v.model_id, "index_id": v.index_id}
         return await self._handle("healthz", request, work)
 
-    @app.get("/v1/info")
+    @app.get("/v1/info", response_model=schemas.InfoResponse, responses=schemas.errors(503),
+             summary="The served model and index, and the limits")
     async def info(self, request: Request) -> Response:
         async def work():
-            v = await self._serving()
+            v = await self.watch.serving()
+            a = self.args
             return {"api_version": API_VERSION, "model_id": v.model_id, "index_id": v.index_id,
                     "index_version": v.index_id, "index_published_at": v.published_at, "items": v.index_items,
                     "embedding_dim": v.embedding_dim, "classes": list(v.class_names),
-                    "categories": list(v.categories), "max_upload_bytes": self.args.max_upload_bytes,
-                    "max_pixels": self.args.max_pixels, "max_request_pixels": self.args.max_request_pixels,
-                    "max_batch_images": self.args.max_batch_images,
-                    "default_k": self.args.default_k, "max_k": self.args.max_k,
-                    "refused": sorted({without_locations(r) for r in self.refused.values()}), "retrying": self._retrying(),
-                    "api_key_required": {"embed": True, "search": self.args.search_requires_key}}
+                    "categories": list(v.categories), "max_upload_bytes": a.max_upload_bytes,
+                    "max_pixels": a.max_pixels, "max_request_pixels": a.max_request_pixels,
+                    "max_batch_images": a.max_batch_images, "max_search_batch_images": a.max_search_batch_images,
+                    "default_k": a.default_k, "max_k": a.max_k, "refused": self.watch.refused_reasons(),
+                    "retrying": self.watch.retrying(),
+                    "api_key_required": {"embed": True, "search": a.search_requires_key}}
         return await self._handle("info", request, work)
 
-    @app.get("/v1/samples")
-    async def samples(self, request: Request) -> Response:
+    @app.get("/v1/samples", response_model=schemas.SamplesResponse, responses=schemas.errors(400, 422, 503),
+             summary="A few catalogue items per category")
+    async def samples(self, request: Request,
+                      per_category: Annotated[int | None, BeforeValidator(_blank_is_none),
+                                              Query(description="Items per category, 1 to 20 (default 2).")] = None
+                      ) -> Response:
         async def work():
-            v = await self._serving()
+            v = await self.watch.serving()
             if not v.index_id:
                 return {"samples": []}
-            per = self._int_param(request, "per_category", 2, 1, 20)
-            rows = await self._samples(v, per)
+            rows = await self.slots.samples(v, _in_range("per_category", per_category, 2, 1, 20))
             return {"samples": [{**r, "image_url": f"/v1/items/{r['item_id']}/image"} for r in rows]}
         return await self._handle("samples", request, work)
 
-    @app.post("/v1/classify")
+    @app.post("/v1/classify", response_model=schemas.ClassifyResponse, responses=SEARCH_ERRORS,
+              openapi_extra=schemas.image_body(), summary="Classify one image")
     async def classify(self, request: Request) -> Response:
         async def work():
             t0 = time.perf_counter()
             self._authorize(request, "search")
-            v = await self._serving()
+            v = await self.watch.serving()
             out = await self._classify(request, v)
             classes = self._classes(v, out["probabilities"])
             return {"model_id": v.model_id, "predicted": classes[0]["name"], "classes": classes,
                     "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
         return await self._handle("classify", request, work)
 
-    @app.post("/v1/search")
-    async def search_items(self, request: Request) -> Response:
+    @app.post("/v1/search", response_model=schemas.SearchResponse, responses=SEARCH_ERRORS,
+              openapi_extra=schemas.image_body(), summary="Catalogue items that look like one image")
+    async def search_items(self, request: Request, k: K = None, category: CATEGORY = "auto",
+                           score_threshold: THRESHOLD = 0.0) -> Response:
         async def work():
             t0 = time.perf_counter()
             self._authorize(request, "search")
-            v = await self._serving()
-            if not v.index_id:
-                raise ApiError(503, "no index published yet: run the embedding job and build-index")
-            k = self._int_param(request, "k", self.args.default_k, 1, self.args.max_k)
-            wanted = (request.query_params.get("category") or "auto").strip()
-            if wanted not in ("auto", "all") and wanted not in v.categories:
-                raise ApiError(400, f"unknown category {wanted!r}; use auto, all or one of: {', '.join(v.categories)}")
+            v = await self.watch.serving()
+            n, wanted = self._searchable(v, k, category)
             out = await self._classify(request, v)
             classes = self._classes(v, out["probabilities"])
             if out["zero_embedding"]:
                 raise ApiError(422, "the model sees no features in this image (blank?), nothing to compare")
-            category = None
-            if wanted == "auto":
-                # The published design: search within the predicted class, when the index has it.
-                category = classes[0]["name"] if classes[0]["name"] in v.categories else None
-            elif wanted != "all":
-                category = wanted
-            hits = await self._search(v, out["embedding"], k, category)
+            # auto, the published design: search within the predicted class, when the index has it.
+            where = self._category(v, wanted, classes[0]["name"])
+            hits = _above(await self.slots.search(v, out["embedding"], n, where), score_threshold)
             return {"model_id": v.model_id, "index_id": v.index_id, "predicted": classes[0]["name"],
-                    "classes": classes, "category": category, "k": k,
-                    "results": [{**h, "image_url": f"/v1/items/{h['item_id']}/image"} for h in hits],
-                    "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+                    "classes": classes, "category": where, "k": n, "score_threshold": score_threshold,
+                    "results": _with_urls(hits), "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
         return await self._handle("search", request, work)
 
-    @app.post("/v1/embed")
-    async def embed(self, request: Request) -> Response:
+    @app.post("/v1/search/batch", response_model=schemas.BatchSearchResponse, responses=SEARCH_ERRORS,
+              openapi_extra=schemas.image_body(many=True), summary="Search with several images at once")
+    async def search_batch(self, request: Request, k: K = None, category: CATEGORY = "auto",
+                           score_threshold: THRESHOLD = 0.0) -> Response:
+        """Several images (multipart, one ``file`` part each with a unique filename; at most
+        ``max_search_batch_images``, within ``max_upload_bytes`` and ``max_request_pixels``) → one
+        result list each, in the order sent, as ``POST /v1/search`` answers it one at a time. An
+        image that cannot be used gets an empty list and its ``error``."""
+        async def work():
+            t0 = time.perf_counter()
+            self._authorize(request, "search")
+            v = await self.watch.serving()
+            n, wanted = self._searchable(v, k, category)
+            batch, out = await self._batch(request, v, self.args.max_search_batch_images)
+            queries, searches, j = [], [], 0
+            for key in batch.keys:
+                if key in batch.rejected:
+                    queries.append({"key": key, "error": batch.rejected[key]})
+                    continue
+                predicted = self._classes(v, out["probabilities"][j])[0]["name"]
+                where = self._category(v, wanted, predicted)
+                queries.append({"key": key, "predicted": predicted, "category": where})
+                if out["zero"][j]:
+                    queries[-1]["error"] = "the model sees no features in this image (blank?), nothing to compare"
+                else:
+                    searches.append((len(queries) - 1, self.slots.search(v, out["embeddings"][j], n, where)))
+                j += 1
+            results = [[] for _ in queries]
+            for (i, _), hits in zip(searches, await asyncio.gather(*(s for _, s in searches))):
+                results[i] = _with_urls(_above(hits, score_threshold))
+            return {"model_id": v.model_id, "index_id": v.index_id, "k": n, "score_threshold": score_threshold,
+                    "queries": queries, "results": results, "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        return await self._handle("search_batch", request, work)
+
+    @app.get("/v1/items/{item_id}/similar", response_model=schemas.SimilarResponse,
+             responses=schemas.errors(400, 401, 403, 404, 422, 500, 503), summary="More like this catalogue item")
+    async def similar(self, item_id: str, request: Request, k: K = None,
+                      category: Annotated[str, Query(description="`auto` (default): within the item's own "
+                                                                 "category; `all`; or a category name.")] = "auto",
+                      score_threshold: THRESHOLD = 0.0) -> Response:
+        """The catalogue items nearest to one in the index, from its stored vector (no upload),
+        best first, without the item itself. Unknown or deleted items: 404."""
+        async def work():
+            t0 = time.perf_counter()
+            self._authorize(request, "search")
+            if not catalogue.is_item_id(item_id):
+                raise ApiError(400, f"invalid item id: {catalogue.ITEM_ID_RULE}")
+            v = await self.watch.serving()
+            n, wanted = self._searchable(v, k, category)
+            item = await self.slots.first(v, "item_vector", item_id)
+            if not item:
+                raise ApiError(404, f"no catalogue item {item_id!r} in index {v.index_id}")
+            where = self._category(v, wanted, item["category"])
+            # One more than asked: the item itself is (normally) its own nearest neighbour.
+            hits = [h for h in await self.slots.search(v, item["embedding"], n + 1, where) if h["item_id"] != item_id][:n]
+            return {"model_id": v.model_id, "index_id": v.index_id, "item_id": item_id,
+                    "item_category": item["category"], "category": where, "k": n, "score_threshold": score_threshold,
+                    "results": _with_urls(_above(hits, score_threshold)),
+                    "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        return await self._handle("similar", request, work)
+
+    @app.post("/v1/embed", response_model=schemas.EmbedResponse, responses=schemas.errors(
+        400, 401, 403, 408, 409, 413, 422, 500, 503), openapi_extra=schemas.image_body(many=True),
+              summary="Embed a batch of images (the nightly job's increments)")
+    async def embed(self, request: Request,
+                    model_id: Annotated[str | None, Query(description="Must be the served model (409 otherwise).")]
+                    = None) -> Response:
         """A batch of images (multipart, one ``file`` part each, keyed by filename) → each one's
         unit embedding and class probabilities, or its reason for being rejected. For the nightly
         job's small increments: the model is already loaded here. ``model_id`` must be the served
@@ -411,41 +339,18 @@ class Ingress:
         async def work():
             t0 = time.perf_counter()
             self._authorize(request, "embed")
-            v = await self._serving()
-            wanted = request.query_params.get("model_id")
-            if wanted and wanted != v.model_id:
-                raise ApiError(409, f"this service embeds with model {v.model_id}, not {wanted}")
-            body = await self._body(request)
-            spec = PreprocessSpec.from_dict(v.preprocessing)
-
+            v = await self.watch.serving()
+            if model_id and model_id != v.model_id:
+                raise ApiError(409, f"this service embeds with model {v.model_id}, not {model_id}")
             # Parsing, preprocessing and encoding a few hundred images take ~0.1 s: off the event
             # loop, so a nightly batch never stalls the searches this replica is serving.
-            def preprocess_all():
-                images = images_from_body(body, request.headers.get("content-type", ""),
-                                          limit=self.args.max_batch_images)
-                total = sum(header_pixels(data) for _, data in images)
-                if total > self.args.max_request_pixels:
-                    raise UploadError(413, f"the images of this request have {total:,} pixels together, the "
-                                           f"limit is {self.args.max_request_pixels:,}: send fewer per request")
-                pixels, rejected = [], {}
-                for key, data in images:
-                    x, reason = preprocess_or_reason(data, spec, max_pixels=self.args.max_pixels)
-                    if x is None:
-                        rejected[key] = reason
-                    else:
-                        pixels.append(x)
-                return [k for k, _ in images], pixels, rejected
-
-            keys, pixels, rejected = await run_in_threadpool(preprocess_all)
-            out = await call(self.classifier.embed_many, np.stack(pixels), v.model_id) if pixels else None
-            if rejected:
-                self.metrics.rejected.inc(len(rejected), tags={"reason": "not_an_image"})
+            batch, out = await self._batch(request, v, self.args.max_batch_images)
 
             def encode() -> bytes:
                 items, j = [], 0
-                for key in keys:
-                    if key in rejected:
-                        items.append({"key": key, "error": rejected[key]})
+                for key in batch.keys:
+                    if key in batch.rejected:
+                        items.append({"key": key, "error": batch.rejected[key]})
                         continue
                     items.append({"key": key, "embedding": out["embeddings"][j].tolist(),
                                   "probabilities": out["probabilities"][j].tolist(),
@@ -458,13 +363,16 @@ class Ingress:
             return Response(await run_in_threadpool(encode), media_type="application/json")
         return await self._handle("embed", request, work)
 
-    @app.get("/v1/items/{item_id}/image")
+    @app.get("/v1/items/{item_id}/image", response_class=Response, summary="A catalogue item's image",
+             responses={200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+                              "description": "The image, streamed from the catalogue."},
+                        **schemas.errors(400, 403, 404, 422, 500, 503)})
     async def item_image(self, item_id: str, request: Request) -> Response:
         async def work():
             if not catalogue.is_item_id(item_id):
                 raise ApiError(400, f"invalid item id: {catalogue.ITEM_ID_RULE}")
-            v = await self._serving()
-            found = await self._image_location(v, item_id) if v.index_id else None
+            v = await self.watch.serving()
+            found = await self.slots.first(v, "image_location", item_id) if v.index_id else None
             if not found:
                 raise ApiError(404, f"no catalogue item {item_id!r} in index {v.index_id}")
             roots = tuple(self.args.catalogue_roots) or tuple(found["roots"])

@@ -49,5 +49,8 @@ class Search:
     async def image_location(self, index_id: str, item_id: str) -> dict | None:
         return (await self.indexes.get(index_id)).image_location(item_id)
 
+    async def item_vector(self, index_id: str, item_id: str) -> dict | None:
+        return (await self.indexes.get(index_id)).item_vector(item_id)
+
     async def samples(self, index_id: str, per_category: int) -> list[dict]:
         return (await self.indexes.get(index_id)).samples(per_category)

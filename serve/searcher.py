@@ -1,5 +1,6 @@
 """The search replica's logic without Ray: a published index (or the shards of it that this search
-slot serves, see :mod:`artifacts.index_shards`) plus where each item's image lives."""
+slot serves, see :mod:`artifacts.index_shards`) plus where each item's image lives, what the
+catalogue says about it (:mod:`.item_metadata`), and each live item's stored vector ("more like this")."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 from artifacts import embeddings
 from artifacts.hnsw_index import IndexLoadError, UnknownCategoryError
 from artifacts.index_shards import ShardedIndex
+
+from .item_metadata import ItemMetadata
 
 log = logging.getLogger("vitrine.serve")
 
@@ -32,6 +35,8 @@ class CatalogueSearcher:
         self.model_id = manifest.model_id
         self.dim = self.index.dim
         self._image_uri, self._sub_category = self._item_locations(manifest.source_embeddings)
+        self.metadata = self._item_metadata(manifest.source_embeddings)
+        self._positions: dict | None = None  # item id -> (shard, row) of live items, built on first use
         log.info("index %s loaded: %d items, dim %d, %d categories, shard(s) %s of %d (search slot %d of %d), "
                  "%.1f s", self.index_id, len(self.index), self.dim, len(self.index.category_counts()),
                  ",".join(map(str, self.index.shards)) or "none", self.index.plan.shards, slot, slots, time.time() - t0)
@@ -59,6 +64,40 @@ class CatalogueSearcher:
         subs = {i: s for i, s in zip(ids, table.column("sub_category").to_pylist()) if s is not None}
         return dict(zip(ids, table.column("image_uri").to_pylist())), subs
 
+    def _item_metadata(self, run_uri: str) -> ItemMetadata:
+        """The catalogue manifest's extra columns for this slot's items (serve/item_metadata.py)."""
+        if not run_uri or not len(self.index):
+            return ItemMetadata()
+        try:
+            source = embeddings.read_manifest(embeddings.resolve_run(run_uri)).catalogue
+            held = self.index.item_ids.astype(str) if self.index.plan.shards > 1 else None
+            found = ItemMetadata.from_catalogue(source, held)
+        except Exception as exc:  # metadata is a convenience; search works without it
+            log.warning("index %s: cannot read item metadata from the catalogue of %s (%s); hits carry none",
+                        self.index_id, run_uri, exc)
+            return ItemMetadata()
+        if len(found):
+            log.info("index %s: metadata columns %s for %d items", self.index_id, ", ".join(found.columns), len(found))
+        return found
+
+    def item_vector(self, item_id: str) -> dict | None:
+        """``{"embedding", "category"}`` of a live item this slot holds (None: not here, or
+        deleted): the query of "more like this"."""
+        if self._positions is None:
+            # Tombstoned rows are left out, so a deleted item is unknown; a changed item's
+            # live row is the one found (its old row is a tombstone).
+            positions = {}
+            for s, shard in self.index.shards.items():
+                live = shard.live_positions
+                positions.update(zip(shard.item_ids[live].tolist(), ((s, p) for p in live.tolist())))
+            self._positions = positions
+        where = self._positions.get(item_id)
+        if where is None:
+            return None
+        shard = self.index.shards[where[0]]
+        return {"embedding": np.array(shard.vectors[where[1]], np.float32),
+                "category": shard.categories_of(np.array([where[1]]))[0]}
+
     def search(self, embedding, k: int, category: str | None = None) -> list[dict]:
         """Top-``k`` items for one unit-length embedding, best first; ``category`` None = all."""
         return [hit for _, hit in self.search_scored(embedding, k, category)]
@@ -68,12 +107,14 @@ class CatalogueSearcher:
         answers of several search slots by."""
         hits = self.index.search(np.asarray(embedding, np.float32)[None, :], k=k, category=category)[0]
         out = []
-        for h in hits:
+        for h, meta in zip(hits, self.metadata.get_many([h.item_id for h in hits])):
             hit = {"item_id": h.item_id, "category": h.category, "distance": round(h.distance, 6),
                    "similarity": round(100.0 * max(0.0, min(1.0, h.similarity)), 2)}
             sub = self._sub_category.get(h.item_id)
             if sub is not None:  # nested catalogues only: flat ones keep their response shape
                 hit["sub_category"] = sub
+            if meta:  # manifest catalogues with extra columns only
+                hit["metadata"] = meta
             out.append((float(h.similarity), hit))
         return out
 

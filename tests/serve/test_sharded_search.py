@@ -33,8 +33,13 @@ def _queries(root: str) -> list[bytes]:
     return out
 
 
-def _answers(url: str, queries: list[bytes], categories: list[str]) -> dict:
+def _answers(url: str, queries: list[bytes], categories: list[str], similar_to: list[str]) -> dict:
     out = {}
+    for item_id in similar_to:  # "more like this": the item's stored vector, from the slot holding it
+        for category in ("auto", "all"):
+            r = http(url + f"/v1/items/{item_id}/similar?k={K}&category={category}")
+            assert r.status == 200, r.body
+            out["similar", item_id, category] = r.json()
     for q, image in enumerate(queries):
         for category, k in [(c, K) for c in categories] + ([("all", K_DEEP)] if q == 0 else []):
             r = http(url + f"/v1/search?k={k}&category={quote(category)}", image)
@@ -62,6 +67,9 @@ def test_a_two_shard_index_answers_what_one_index_answers_and_swaps_in_under_loa
                  source_embeddings=m.source_embeddings, embeddings_run_id=m.embeddings_run_id,
                  catalogue_roots=m.catalogue_roots)
 
+    shard_of = dict(zip(plain.item_ids, sharded.plan.assign(plain.item_ids, plain.categories_of(np.arange(n)))))
+    similar_to = [next(str(i) for i in plain.item_ids if shard_of[i] == s) for s in (0, 1)]
+
     # Two search slots from the start: the plain index lives in slot 0, the sharded one in both.
     url = deploy_app(root, search_shards=2, search_ef=EF, max_k=K_DEEP)
     from serve import deploy
@@ -71,7 +79,7 @@ def test_a_two_shard_index_answers_what_one_index_answers_and_swaps_in_under_loa
     assert info["index_id"] == plain_id
     categories = ["all", "auto", info["categories"][3]]
     queries = _queries(root)
-    one = _answers(url, queries, categories)
+    one = _answers(url, queries, categories, similar_to)
 
     with Load(url, queries[0], threads=2) as load:
         wait_until(lambda: len(load.answers) >= 5, 60, "first answers")
@@ -85,15 +93,17 @@ def test_a_two_shard_index_answers_what_one_index_answers_and_swaps_in_under_loa
 
     info = http(url + "/v1/info").json()
     assert info["index_id"] == sharded_id and info["items"] == n and info["refused"] == []
-    two = _answers(url, queries, categories)
+    two = _answers(url, queries, categories, similar_to)
     for key, want in one.items():
         got = two[key]
         assert got["index_id"] == sharded_id and got["category"] == want["category"]
         assert [h["item_id"] for h in got["results"]] == [h["item_id"] for h in want["results"]], key
+        # The catalogue manifest's extra columns (the export's label), from the slot holding each item.
+        assert [h.get("metadata") for h in got["results"]] == [h.get("metadata") for h in want["results"]], key
+        assert all(isinstance(h["metadata"]["label"], int) for h in got["results"]), key
         assert np.allclose([h["distance"] for h in got["results"]], [h["distance"] for h in want["results"]],
                            atol=1e-4), key
     # The deep category=all answer interleaves both shards (in a different order than shard by shard).
-    shard_of = dict(zip(plain.item_ids, sharded.plan.assign(plain.item_ids, plain.categories_of(np.arange(n)))))
     deep = [int(shard_of[h["item_id"]]) for h in two[0, "all", K_DEEP]["results"]]
     assert len(deep) == K_DEEP and set(deep) == {0, 1} and deep != sorted(deep)
 

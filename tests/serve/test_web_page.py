@@ -218,3 +218,22 @@ def test_busy_while_searching_and_screenshots(page, browser, app_url, catalogue_
         shutil.copyfile(mobile, SCREENSHOT.with_name("vitrine-page-phone.png"))
     finally:
         phone.close()
+
+
+def test_more_like_this_searches_from_a_result_without_uploading(page):
+    from playwright.sync_api import expect
+
+    with page.expect_response(lambda r: "/v1/search" in r.url and r.request.method == "POST"):
+        page.locator("#samples > .sample").first.click()
+    expect(page.locator("#lead")).to_have_text("Looks like")
+    card = page.locator("#results > .result").nth(1)
+    item_id = card.get_attribute("data-item-id")
+    with page.expect_response(lambda r: f"/v1/items/{item_id}/similar" in r.url and r.request.method == "GET") as answer:
+        card.locator("button.more").click()
+    out = answer.value.json()
+    assert answer.value.status == 200, out
+    expect(page.locator("#lead")).to_have_text("More like")  # drawn with the results, in one go
+    assert card_ids(page) == [h["item_id"] for h in out["results"]] and item_id not in card_ids(page)
+    expect(page.locator("#predicted")).to_contain_text(item_id)
+    expect(page.locator("#query")).to_have_js_property("naturalWidth", 28)  # the item's own image
+    assert page.locator("#error").is_hidden()
