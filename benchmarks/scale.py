@@ -261,8 +261,6 @@ def _dir_bytes(path: Path) -> int:
 
 
 def measure_size(n: int, work: Path, model: str, cluster, env: dict, qpath: Path, local_max: int) -> dict:
-    py = sys.executable
-    me = str(Path(__file__).resolve())
     items = ensure_pool(work, n)
     manifest = write_manifest(work, items, f"manifest-{n}.parquet")
     a = change_set(work, items, n, "a", seed=1)
@@ -271,6 +269,35 @@ def measure_size(n: int, work: Path, model: str, cluster, env: dict, qpath: Path
     changes_a = write_manifest(work, a, f"manifest-{n}-a.parquet")
     changes_c = write_manifest(work, c, f"manifest-{n}-c.parquet")
     changes_b = write_manifest(work, b, f"manifest-{n}-b.parquet")
+    with _machine_lock():
+        return _measure(n, work, model, cluster, env, qpath, local_max, manifest, changes_a, changes_c, changes_b)
+
+
+def _machine_lock():
+    """``$VITRINE_BENCH_LOCK`` (a lock file other heavy jobs on this machine take too, such as
+    the test runs' ``flock``), held while one size is measured; a no-op when unset."""
+    import contextlib
+    import fcntl
+
+    path = os.environ.get("VITRINE_BENCH_LOCK")
+    if not path:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def held():
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    return held()
+
+
+def _measure(n, work, model, cluster, env, qpath, local_max, manifest, changes_a, changes_c, changes_b) -> dict:
+    py = sys.executable
+    me = str(Path(__file__).resolve())
     out = work / "runs" / str(n)
     if out.exists():
         import shutil
