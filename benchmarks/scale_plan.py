@@ -58,7 +58,7 @@ def plan(rows: list[dict], *, cores: int, node_cores: int, budget_gib: float, qp
 
     row("full embedding, CPU core-hours", lambda t: f"{t * embed_core_s / 3600:,.0f}",
         f"{embed_core_s * 1e3:.2f} core-ms an item (full run's embed_s x {cores} cores)")
-    row(f"... wall hours on 10 nodes of {node_cores} cores", lambda t: f"{t * embed_core_s / 3600 / (10 * node_cores):,.1f}",
+    row(f"... wall hours on 10 nodes of {node_cores} cores", lambda t: f"{t * embed_core_s / 3600 / (10 * node_cores):,.2f}",
         "the same, spread evenly (Ray Data scales actors and decode tasks by config)")
     row("embeddings Parquet, GB", lambda t: f"{t * parquet_b / 1e9:,.0f}", f"{parquet_b:,.0f} bytes an item")
     row("index graphs (vectors + links), GiB", lambda t: f"{t * graph_b / 2**30:,.0f}",
