@@ -128,13 +128,11 @@ def change_set(work: Path, base: "pa.Table", n: int, tag: str, seed: int) -> "pa
     edited = fresh.slice(0, k)
     added = fresh.slice(k, k)
     added = added.set_column(0, "item_id", pa.array([f"new-{tag}-{j:07d}" for j in range(k)]))
-    ids = base.column("item_id").to_numpy(zero_copy_only=False)
     new_uri = base.column("image_uri").to_pylist()
     new_hash = base.column("content_sha256").to_pylist()
     for j, pos in enumerate(changed):
         new_uri[pos] = edited.column("image_uri")[j].as_py()
         new_hash[pos] = edited.column("content_sha256")[j].as_py()
-    del ids
     out = base.set_column(1, "image_uri", pa.array(new_uri)).set_column(3, "content_sha256", pa.array(new_hash))
     # The edited images keep their item's category: take the base's.
     assert pc.all(pc.equal(out.column("category"), base.column("category"))).as_py()
