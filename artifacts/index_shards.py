@@ -35,7 +35,8 @@ from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 import numpy as np
 
 from . import publish, storage
-from .hnsw_index import MANIFEST, Hit, HnswIndex, IndexBuildError, IndexLoadError, IndexManifest, UnknownCategoryError
+from .hnsw_index import Hit, HnswIndex
+from .index_manifest import MANIFEST, IndexBuildError, IndexLoadError, IndexManifest, UnknownCategoryError
 
 log = logging.getLogger("vitrine.index")
 
@@ -421,7 +422,7 @@ class ShardedIndex:
                        category=None) -> float:
         """Recall@k of the merged HNSW search against merged exact search, on ``sample``
         catalogue vectors (``category="own"``: each within its own category)."""
-        from .hnsw_index import recall_at_k
+        from .vector_search import recall_at_k
 
         if queries is not None:
             raise ValueError("ShardedIndex.measure_recall draws catalogue queries itself")

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import embeddings, publish, storage
-from .hnsw_index import MANIFEST, SPACE, HnswIndex, IndexBuildError, IndexManifest, new_graph, validate_items
+from .hnsw_index import HnswIndex, new_graph, validate_items
+from .index_manifest import MANIFEST, SPACE, IndexBuildError, IndexManifest
 
 log = logging.getLogger("vitrine.index")
 
@@ -117,7 +118,7 @@ def apply_update(previous: HnswIndex, plan: UpdatePlan, vectors, *, num_threads:
     n_old, n_add = previous.n_positions, len(plan.add_rows)
     new_pos = np.arange(n_old, n_old + n_add, dtype=np.int64)
     threads = num_threads or -1
-    graph = previous._index
+    graph = previous.graph
     for pos in plan.delete_positions.tolist():
         graph.mark_deleted(pos)
     if n_add:
@@ -133,9 +134,9 @@ def apply_update(previous: HnswIndex, plan: UpdatePlan, vectors, *, num_threads:
                       vectors=np.concatenate([previous.vectors, vecs]), index=graph, sub_indexes={},
                       params=dict(p), num_threads=num_threads, deleted=deleted,
                       content_hashes=np.concatenate([previous.content_hashes, plan.add_hashes]))
-    subs = {previous.category_names[j]: sub for j, sub in previous._sub.items()}
+    subs = {previous.category_names[j]: sub for j, sub in previous.sub_graphs.items()}
     add_cats = np.asarray(plan.add_categories, dtype=object)
-    for name, j in index._code_of.items():
+    for j, name in enumerate(index.category_names):
         members, sub = index.category_members[j], subs.get(name)
         if len(members) <= int(p["exact_below"]):
             continue  # small enough to search exactly: no sub-index (a previous one is dropped)
@@ -149,7 +150,7 @@ def apply_update(previous: HnswIndex, plan: UpdatePlan, vectors, *, num_threads:
             if len(adds):
                 sub.resize_index(sub.element_count + len(adds))
                 sub.add_items(index.vectors[adds], adds, num_threads=threads)
-        index._sub[j] = sub
+        index.sub_graphs[j] = sub
     index.build_seconds = time.time() - t0
     index.set_num_threads(num_threads)
     stats = UpdateStats(unchanged=plan.unchanged, changed=plan.changed, removed=plan.removed, new=plan.new,
@@ -173,7 +174,7 @@ def open_previous(indexes_uri: str, *, model_id: str, dim: int, params: dict, nu
                   ) -> tuple[HnswIndex | None, str]:
     """``(index, "")`` when the ``LATEST`` index under ``indexes_uri`` can be updated for a run of
     ``model_id`` with build ``params``; otherwise ``(None, why a full rebuild is needed)``."""
-    from .hnsw_index import IndexLoadError
+    from .index_manifest import IndexLoadError
 
     try:
         uri = publish.resolve(indexes_uri, manifest_name=MANIFEST)

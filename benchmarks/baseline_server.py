@@ -61,7 +61,7 @@ class BaselineSearch:
         import pyarrow.parquet as pq
 
         from artifacts import model_artifact, publish, storage
-        from artifacts.hnsw_index import MANIFEST, IndexManifest
+        from artifacts.index_manifest import MANIFEST, IndexManifest
 
         indexes = storage.join(storage_root, "indexes")
         index_uri = publish.resolve(indexes, manifest_name=MANIFEST) if index == "latest" \

@@ -27,7 +27,7 @@ def rss_mb() -> float:
 
 
 def next_night(ids, cats, vectors, hashes, changed: float, seed: int):
-    from artifacts.hnsw_index import l2_normalise
+    from artifacts.vector_search import l2_normalise
 
     rng = np.random.default_rng(seed)
     n, third = len(ids), max(1, int(round(len(ids) * changed / 3)))

@@ -212,7 +212,7 @@ def queries(args) -> int:
 
 def replica(args) -> int:
     """Subprocess: load the index as a Search replica does; its RSS; search speed at recall >= 0.99."""
-    from artifacts.hnsw_index import recall_at_k
+    from artifacts.vector_search import recall_at_k
     from benchmarks.memory import rss_bytes
     from serve.searcher import CatalogueSearcher
 

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     def hnsw(q, c):
         return index.search(q, args.k, c)
 
-    from artifacts.hnsw_index import _as_queries
+    from artifacts.vector_search import as_queries
 
     blocks = {name: (index.category_members[j], np.ascontiguousarray(index.vectors[index.category_members[j]]))
               for j, name in enumerate(index.category_names)}
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         # Within a category, exact search over that category's vectors gathered once at load
         # (HnswIndex.exact_search gathers them on every call, which would flatter HNSW).
         members, block = blocks[c]
-        pos, sim = index._exact(_as_queries(q, index.dim), args.k, members, base=block)
+        pos, sim = index._exact(as_queries(q, index.dim), args.k, members, base=block)
         return index._hits(pos, sim)
 
     _, library = time_pair(exact, lambda q, c: index.exact_search(q, args.k, c), queries[:200], own[:200])

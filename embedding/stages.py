@@ -78,7 +78,6 @@ def _item_columns(batch, hashes) -> dict:
 def decode_batch(batch, *, spec: dict, io_threads: int = 16):
     """Catalogue rows → rows with model-ready ``pixels`` (flat fixed-size float32 lists) and an
     ``error`` (null when the image is usable). Never raises for a bad image."""
-    import numpy as np
     import pyarrow as pa
 
     from artifacts.preprocess import PreprocessSpec, preprocess_many

@@ -6,7 +6,6 @@
         --out s3://bucket/vitrine --set M=32 --set ef=128
     vitrine build-index --config index.yaml --smoke-test         # 2,000 items, LATEST untouched
     vitrine build-index --full                                   # rebuild instead of updating LATEST
-    vitrine build-index --embeddings ... --compare-filters       # measure category-filter strategies
     ray job submit --working-dir . -- python -m jobs.build_index --embeddings s3://...
 
 Writes ``<out>/indexes/<index_id>/`` (see :mod:`artifacts.hnsw_index`; the manifest last, after
@@ -27,10 +26,7 @@ would pass ``compact_deleted_share`` of the rows (compaction).
 Recall@10 against exact search is measured on ``recall_queries`` catalogue vectors (default
 1,000), unfiltered and restricted to each query's own category, and recorded in the manifest.
 
-``--compare-filters`` builds the index in memory, measures the three category-filter strategies
-(recall@10 against exact filtered search, batched time per query, single-query throughput from
-1 and 2 threads) and prints the table; nothing is written. The numbers behind the choice of
-per-category sub-indexes are in the comment on ``FILTER_STRATEGIES`` in ``artifacts/hnsw_index.py``.
+Why filtered search uses per-category graphs: ``benchmarks/filter_strategies.py``.
 """
 
 from __future__ import annotations
@@ -153,7 +149,8 @@ def build_or_update(config: BuildIndexConfig, run_uri: str, indexes: str):
     """``(index, update)``: the ``LATEST`` index under ``indexes`` updated to the run when it
     allows, else a full build; ``update`` says which, why, and what changed (the manifest's)."""
     from artifacts import embeddings, index_update
-    from artifacts.hnsw_index import HnswIndex, IndexBuildError
+    from artifacts.hnsw_index import HnswIndex
+    from artifacts.index_manifest import IndexBuildError
 
     run_manifest = embeddings.read_manifest(run_uri)
     previous, plan = None, None
@@ -208,7 +205,7 @@ def run(config: BuildIndexConfig) -> BuildIndexResult:
     """Read the embeddings, build or update, measure recall, write ``indexes/<id>/`` and publish it."""
     from artifacts import embeddings, publish, storage
     from artifacts.configuration import to_dict
-    from artifacts.hnsw_index import MANIFEST, IndexBuildError
+    from artifacts.index_manifest import MANIFEST, IndexBuildError
 
     t0 = time.time()
     if config.smoke_test:
@@ -253,59 +250,6 @@ def run(config: BuildIndexConfig) -> BuildIndexResult:
                             deleted=int(update["deleted"]))
 
 
-def compare_filters(index, *, queries: int = 1000, k: int = 10, seed: int = 0, single_queries: int = 500) -> list[dict]:
-    """Recall@k against exact filtered search and time per query of each category-filter
-    strategy, for catalogue queries restricted to (a) their own category (classify-then-filter)
-    and (b) the smallest category, queries from the other categories only (a shopper asking for
-    another category than the photo shows)."""
-    from artifacts.hnsw_index import FILTER_STRATEGIES, recall_at_k
-
-    rng = np.random.default_rng(seed)
-    categorised = np.flatnonzero(index.category_codes >= 0)
-    picks = rng.choice(categorised, size=min(queries, len(categorised)), replace=False)
-    q, codes = index.vectors[picks], index.category_codes[picks]
-    counts = index.category_counts()
-    smallest = min(counts, key=counts.get)
-    cases = {
-        "own category": [(name, np.flatnonzero(codes == j)) for j, name in enumerate(index.category_names)],
-        f"another category ({smallest}, {counts[smallest]} items)":
-            [(smallest, np.flatnonzero(codes != index.category_names.index(smallest)))],
-    }
-    rows = []
-    for case, groups in cases.items():
-        for strategy in FILTER_STRATEGIES:
-            seconds, weighted, total = 0.0, 0.0, 0
-            for name, sel in groups:
-                if not len(sel):
-                    continue
-                t = time.perf_counter()
-                pos, _ = index.search_positions(q[sel], k, name, strategy=strategy)
-                seconds += time.perf_counter() - t
-                _, exact_sim = index.exact_search_positions(q[sel], k, name)
-                approx_sim = np.einsum("qd,qkd->qk", q[sel], index.vectors[np.maximum(pos, 0)])
-                weighted += recall_at_k(pos, exact_sim, approx_sim) * len(sel)
-                total += len(sel)
-            singles = [(q[i], name) for name, sel in groups for i in sel][:single_queries]
-            rows.append({"case": case, "strategy": strategy, "queries": total, "recall_at_k": weighted / max(total, 1),
-                         "ms_per_query": 1000 * seconds / max(total, 1),
-                         "qps_1_thread": _throughput(index, singles, k, strategy, 1),
-                         "qps_2_threads": _throughput(index, singles, k, strategy, 2)})
-    return rows
-
-
-def _throughput(index, singles: list, k: int, strategy: str, threads: int) -> float:
-    """Queries per second, one query per call from ``threads`` Python threads, as a Serve
-    replica handling concurrent requests would issue them."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not singles:
-        return float("nan")
-    t = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(lambda qn: index.search_positions(qn[0], k, qn[1], strategy=strategy), singles))
-    return len(singles) / (time.perf_counter() - t)
-
-
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="vitrine build-index", description=__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -318,8 +262,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--smoke-test", action="store_true", help="first 2,000 items; does not move LATEST")
     p.add_argument("--no-publish", action="store_true", help="write the index but leave LATEST alone")
     p.add_argument("--full", action="store_true", help="rebuild from scratch instead of updating LATEST")
-    p.add_argument("--compare-filters", action="store_true",
-                   help="build in memory, time the category-filter strategies, publish nothing")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -334,8 +276,6 @@ def main(argv: list[str] | None = None) -> int:
               "recall_queries": args.recall_queries, "smoke_test": args.smoke_test or None,
               "publish": False if args.no_publish else None, "incremental": False if args.full else None}
     config = load_config(BuildIndexConfig, yaml_path=args.config, overrides=args.overrides, values=values)
-    if args.compare_filters:
-        return _compare_main(config, args.json)
     result = run(config)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -345,34 +285,6 @@ def main(argv: list[str] | None = None) -> int:
               f"(+{result.added} -{result.deleted}; {result.reason})")
         print(f"recall@10 vs exact: {result.recall_at_10:.4f} (within own category {result.filtered_recall_at_10:.4f})")
         print(f"{'published' if result.published else 'written (LATEST unchanged)'}: {result.index_uri}")
-    return 0
-
-
-def _compare_main(config: BuildIndexConfig, as_json: bool) -> int:
-    from artifacts.hnsw_index import HnswIndex
-
-    run_uri = resolve_embeddings(config)
-    ids, cats, vectors, _ = read_embeddings(run_uri, SMOKE_ITEMS if config.smoke_test else 0)
-    t = time.time()
-    index = HnswIndex.build(ids, cats, vectors, M=config.M, ef_construction=config.ef_construction, ef=config.ef,
-                            exact_below=0, seed=config.seed, num_threads=config.num_threads)
-    global_only = HnswIndex.build(ids, [None] * len(ids), vectors, M=config.M, ef_construction=config.ef_construction,
-                                  ef=config.ef, seed=config.seed, num_threads=config.num_threads)
-    build_all = time.time() - t - global_only.build_seconds
-    index.set_num_threads(1)  # per-query cost as one Serve replica thread sees it
-    rows = compare_filters(index, queries=config.recall_queries, seed=config.seed)
-    if as_json:
-        print(json.dumps({"items": len(ids), "dim": index.dim, "build_seconds_with_subindexes": build_all,
-                          "build_seconds_global_only": global_only.build_seconds, "rows": rows}, indent=2))
-        return 0
-    print(f"{len(ids)} items, dim {index.dim}, {len(index.category_names)} categories; M={config.M} "
-          f"ef_construction={config.ef_construction} ef={config.ef}; one search thread")
-    print(f"build: global index {global_only.build_seconds:.1f} s; with per-category sub-indexes {build_all:.1f} s")
-    print("| queries filtered to | strategy | recall@10 vs exact filtered | ms / query (batched) "
-          "| queries/s, 1 thread | queries/s, 2 threads |\n|---|---|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['case']} | {r['strategy']} | {r['recall_at_k']:.4f} | {r['ms_per_query']:.3f} | "
-              f"{r['qps_1_thread']:.0f} | {r['qps_2_threads']:.0f} |")
     return 0
 
 

@@ -66,7 +66,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that describe what the user asked for, not a bug: shown as one line."""
     from artifacts.catalogue import CatalogueError
     from artifacts.configuration import ConfigError
-    from artifacts.hnsw_index import IndexBuildError, IndexLoadError
+    from artifacts.index_manifest import IndexBuildError, IndexLoadError
     from artifacts.publish import StaleArtifactError
     from artifacts.storage import StorageError
 

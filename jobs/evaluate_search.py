@@ -135,7 +135,7 @@ def category_classes(categories: list[str], class_names: list[str]) -> dict[str,
 
 # ---------------------------------------------------------------- the job
 def _embed(loaded, images: np.ndarray, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    from artifacts.hnsw_index import l2_normalise
+    from artifacts.vector_search import l2_normalise
     from artifacts.preprocess import arrays_to_model_input
 
     model = loaded.embedding_model()
@@ -161,7 +161,7 @@ def exact_metrics(queries: np.ndarray, labels: np.ndarray, predicted: np.ndarray
     and, ``D = max(k, depth)`` results deep, ``top_long``/``top_long_filtered`` (positions) and
     ``rel_top``/``rel_top_filtered`` (whether each is relevant), for precision@k at several k.
     """
-    from artifacts.hnsw_index import top_k
+    from artifacts.vector_search import top_k
 
     q = len(queries)
     deep = max(k, depth)
@@ -207,7 +207,8 @@ def run(config: EvaluateSearchConfig) -> dict:
     ``figures``, the PNGs the Markdown links) under ``out``."""
     from artifacts import model_artifact, storage
     from artifacts.configuration import to_dict
-    from artifacts.hnsw_index import HnswIndex, recall_at_k
+    from artifacts.hnsw_index import HnswIndex
+    from artifacts.vector_search import recall_at_k
     from tune import search_report
     from tune.data import fashion_mnist
 

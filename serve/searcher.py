@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from artifacts import embeddings
-from artifacts.hnsw_index import IndexLoadError, UnknownCategoryError
+from artifacts.index_manifest import IndexLoadError, UnknownCategoryError
 from artifacts.index_shards import ShardedIndex
 
 from .item_metadata import ItemMetadata

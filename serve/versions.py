@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 
 from artifacts import index_shards, model_artifact, publish, storage
-from artifacts.hnsw_index import MANIFEST as INDEX_MANIFEST
-from artifacts.hnsw_index import IndexLoadError, IndexManifest
+from artifacts.index_manifest import MANIFEST as INDEX_MANIFEST
+from artifacts.index_manifest import IndexLoadError, IndexManifest
 from artifacts.model_card import CARD_FILE, ModelCard
 
 FOLLOW_INDEX = "index"

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,6 +15,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # themselves, so without these a worker would write anonymously.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+
+# After the environment above: the helpers import the jobs, and with them TensorFlow and Ray.
+from tests.helpers import environ, write_fashion_mnist  # noqa: E402
 
 
 def _hypothesis_profiles() -> None:
@@ -35,53 +35,6 @@ def _hypothesis_profiles() -> None:
 
 
 _hypothesis_profiles()
-
-
-@contextlib.contextmanager
-def environ(**values: str | None):
-    """Set (a string) or unset (None) environment variables; put back what was there after."""
-    def apply(changes: dict) -> None:
-        for key, value in changes.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        apply(values)
-        yield
-    finally:
-        apply(saved)
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Encode a uint8 array in the IDX format (magic 0x08 = unsigned byte)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-
-
-def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
-    """28×28 light-on-dark images whose class decides where a bright block sits and how wide it
-    is (3 + class pixels, 8 high): learnable in a few steps, so smoke runs show real learning
-    without the real dataset. The width matters for the canonical input (artifacts/preprocess.py),
-    which crops to the object and so removes its position: the aspect ratio survives the crop."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 40, size=(len(labels), 28, 28)).astype(np.uint8)
-    for i, c in enumerate(labels):
-        r, col = divmod(int(c), 5)
-        images[i, 4 + r * 12: 12 + r * 12, 1 + col * 3: 4 + col * 3 + int(c)] = 220
-    return images
-
-
-def write_fashion_mnist(directory: Path, train_per_class: int = 60, test_per_class: int = 20) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, per_class, seed in (("train", train_per_class, 1), ("t10k", test_per_class, 2)):
-        labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
-        np.random.default_rng(seed).shuffle(labels)
-        (directory / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(synthetic_images(labels, seed))))
-        (directory / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
-    return directory
 
 
 @pytest.fixture(scope="session")

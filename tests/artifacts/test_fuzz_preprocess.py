@@ -7,76 +7,18 @@ Budget: HYPOTHESIS_PROFILE (tests/conftest.py), ``ci`` by default; ``long`` in d
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from PIL import Image
 
 from artifacts.preprocess import (ImageDecodeError, PreprocessSpec, arrays_to_model_input, preprocess_bytes,
                                   preprocess_or_reason, to_model_input)
-
-FORMATS = ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"]
-# Modes each format can write (Pillow converts or refuses the others).
-MODES = {"PNG": ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"], "JPEG": ["L", "RGB", "CMYK"],
-         "GIF": ["L", "P"], "WEBP": ["RGB", "RGBA"], "BMP": ["1", "L", "P", "RGB"],
-         "TIFF": ["1", "L", "P", "RGB", "RGBA", "CMYK", "I;16", "F"]}
+from tests.helpers import encoded_images, mutated
 
 specs = st.builds(PreprocessSpec, height=st.sampled_from([28, 32, 7]), width=st.sampled_from([28, 32, 5]),
                   channels=st.sampled_from([1, 3]), invert_light_background=st.booleans())
-
-
-@st.composite
-def encoded_images(draw) -> bytes:
-    """A small valid image file: random pixels, any mode its format writes, sometimes animated."""
-    fmt = draw(st.sampled_from(FORMATS))
-    mode = draw(st.sampled_from(MODES[fmt]))
-    w, h = draw(st.integers(1, 48)), draw(st.integers(1, 48))
-    seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    base = Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8), "RGB")
-    img = base.convert("RGBA").convert(mode) if mode in ("LA", "RGBA") else base.convert(mode)
-    if mode == "I;16":
-        img = Image.fromarray(rng.integers(0, 65536, size=(h, w), dtype=np.uint16))
-    if mode == "F":
-        img = Image.fromarray(rng.normal(100, 80, size=(h, w)).astype(np.float32))
-    buf = io.BytesIO()
-    kwargs = {}
-    if fmt in ("GIF", "WEBP", "PNG") and draw(st.booleans()):
-        kwargs = {"save_all": True, "append_images": [img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]}
-    if fmt == "JPEG":
-        kwargs["quality"] = draw(st.integers(5, 95))
-        kwargs["progressive"] = draw(st.booleans())
-    img.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
-
-
-@st.composite
-def mutated(draw, source) -> bytes:
-    """``source`` bytes after a few byte flips, truncations, insertions, deletions and
-    duplications: the damage a bad network, a bad client or an attacker does."""
-    data = bytearray(draw(source))
-    for _ in range(draw(st.integers(1, 6))):
-        op = draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete", "duplicate"]))
-        if not data:
-            break
-        i = draw(st.integers(0, len(data) - 1))
-        if op == "flip":
-            data[i] ^= 1 << draw(st.integers(0, 7))
-        elif op == "set":  # header fields: sizes to 0 or 0xff.., counts, offsets
-            data[i] = draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80, 0x01]))
-        elif op == "truncate":
-            del data[i:]
-        elif op == "insert":
-            data[i:i] = draw(st.binary(min_size=1, max_size=64))
-        elif op == "delete":
-            del data[i:i + draw(st.integers(1, 64))]
-        else:
-            j = draw(st.integers(i, min(len(data), i + 256)))
-            data[j:j] = data[i:j]
-    return bytes(data)
 
 
 def assert_model_input(x: np.ndarray, spec: PreprocessSpec) -> None:

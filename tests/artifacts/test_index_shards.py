@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from artifacts import index_shards
-from artifacts.hnsw_index import MANIFEST, HnswIndex
+from artifacts.hnsw_index import HnswIndex
+from artifacts.index_manifest import MANIFEST
 from artifacts.index_shards import ShardBudgetError, ShardedIndex, ShardPlan, merge_top_k, plan_shards
 
 

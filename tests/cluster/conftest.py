@@ -9,7 +9,7 @@ import pytest
 @pytest.fixture(scope="session")
 def local_cluster():
     from cluster.local_cluster import LocalCluster, LocalClusterConfig
-    from tests.conftest import environ
+    from tests.helpers import environ
 
     # This process talks to the cluster too (Jobs API, state API): the same auth mode as its nodes.
     config = LocalClusterConfig(workers=2, head_cpus=1, worker_cpus=1, memory_mb=3072, object_store_mb=256,

@@ -16,7 +16,7 @@ import pytest
 
 from artifacts import embeddings, publish, storage
 from jobs.submit import SubmitConfig, connect, follow, run
-from tests.cluster.test_submit import last_json
+from tests.helpers import last_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
 
@@ -33,8 +33,7 @@ def test_embedding_publishes_every_item_once_after_a_worker_node_dies(local_clus
 
     from jobs.export_catalogue import ExportConfig
     from jobs.export_catalogue import run as export
-    from tests.conftest import write_fashion_mnist
-    from tests.jobs.test_embed_catalogue import save_model
+    from tests.helpers import save_model, write_fashion_mnist
 
     # 3,000 items in batches of 8: long enough (hundreds of actor calls) to kill a node mid-run.
     data = write_fashion_mnist(tmp_path / "fmnist", train_per_class=300, test_per_class=1)

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.serve.conftest import http, serve_port, serving_store  # noqa: F401  (fixtures)
-from tests.serve.test_hot_swap import Load, wait_until
-from tests.serve.test_replica_faults import replica_pids
+from tests.serve.conftest import serve_port, serving_store  # noqa: F401  (fixtures)
+from tests.helpers import Load, http, replica_pids, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,6 +16,7 @@ import pytest
 from artifacts import embeddings, model_artifact, publish, storage
 from jobs import ray_jobs
 from jobs.submit import SubmitConfig, SubmitResult, run, runtime_env
+from tests.helpers import last_json
 
 pytestmark = pytest.mark.slow
 
@@ -24,17 +25,6 @@ def submit(cluster, job: str, *args: str) -> tuple[SubmitResult, str]:
     out = io.StringIO()
     result = run(SubmitConfig(job=job, args=args, address=cluster.dashboard_url), out=out)
     return result, out.getvalue()
-
-
-def last_json(logs: str):
-    """The JSON document a job printed last (`--json`), among the other lines of its logs."""
-    decoder = json.JSONDecoder()
-    for start in reversed([i for i, c in enumerate(logs) if c in "[{" and (i == 0 or logs[i - 1] == "\n")]):
-        try:
-            return decoder.raw_decode(logs, start)[0]
-        except json.JSONDecodeError:
-            continue
-    raise AssertionError(f"no JSON in the job's logs:\n{logs[-3000:]}")
 
 
 def test_runtime_env_carries_the_project_and_the_storage_settings_not_the_auth_mode(submit_env, monkeypatch):
@@ -153,7 +143,7 @@ def test_embedding_job_on_the_cluster_goes_through_ray_data_actors(local_cluster
                                                                   tmp_path):
     from jobs.export_catalogue import ExportConfig
     from jobs.export_catalogue import run as export
-    from tests.jobs.test_embed_catalogue import save_model
+    from tests.helpers import save_model
 
     models = storage.join(str(submit_env), "models")
     save_model(models, "cnn-on-cluster")

@@ -1,53 +1,20 @@
 """build-index: from an embeddings run to a published index, locally and on S3; failures keep LATEST."""
 
 import json
-from datetime import datetime, timezone
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from artifacts import embeddings, publish, storage
 from artifacts.configuration import load_config
-from artifacts.hnsw_index import MANIFEST, HnswIndex, IndexBuildError, l2_normalise
+from artifacts.hnsw_index import HnswIndex
+from artifacts.index_manifest import MANIFEST, IndexBuildError
+from artifacts.vector_search import l2_normalise
 from jobs import build_index
 from jobs.build_index import BuildIndexConfig
+from tests.helpers import write_run
 
 DIM = 32
-
-
-def write_run(root: str, model_id: str, run_id: str, ids, cats, vectors, *, make_latest: bool = True,
-              hashes=None) -> str:
-    """An embeddings run in the contract's layout: data/part-0.parquet, manifest.json last, LATEST."""
-    dim = vectors.shape[1]
-    n = len(ids)
-    table = pa.table({
-        "item_id": pa.array(ids, pa.string()),
-        "category": pa.array(cats, pa.string()),
-        "sub_category": pa.nulls(n, pa.string()),
-        "image_uri": pa.array([f"catalogue/{c}/{i}.png" for i, c in zip(ids, cats)], pa.string()),
-        "content_sha256": pa.array(list(hashes) if hashes is not None else ["0" * 64] * n, pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel(), pa.float32()), dim),
-        "predicted_category": pa.array(cats, pa.string()),
-        "confidence": pa.array(np.ones(n, np.float32)),
-        "model_id": pa.array([model_id] * n, pa.string()),
-        "embedded_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("ms", tz="UTC")),
-    }, schema=embeddings.embeddings_schema(dim))
-    runs = embeddings.model_runs_uri(root, model_id)
-    run_uri = publish.artifact_uri(runs, run_id)
-    fs, path = storage.resolve(storage.join(run_uri, embeddings.DATA_DIR, "part-0.parquet"))
-    if not storage.is_remote(run_uri):
-        import os
-
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    pq.write_table(table, path, filesystem=fs)
-    manifest = embeddings.RunManifest(run_id=run_id, model_id=model_id, catalogue="catalogue", embedding_dim=dim,
-                                      counts={"total": n})
-    storage.write_text(storage.join(run_uri, embeddings.MANIFEST), manifest.to_json())
-    if make_latest:
-        publish.publish(runs, run_id, manifest_name=embeddings.MANIFEST)
-    return run_uri
 
 
 def synthetic(n=2000, seed=0):
@@ -146,16 +113,6 @@ def test_cli_yaml_set_and_smoke(root, tmp_path, capsys):
     rc = build_index.main(["--embeddings", f"{root}/embeddings/model-a", "--storage", root, "--smoke-test"])
     assert rc == 0 and "LATEST unchanged" in capsys.readouterr().out
     assert publish.latest_id(f"{root}/indexes") == out["index_id"]
-
-
-def test_compare_filters(root, capsys):
-    rc = build_index.main(["--embeddings", f"{root}/embeddings/model-a", "--recall-queries", "200",
-                           "--compare-filters", "--json"])
-    report = json.loads(capsys.readouterr().out)
-    assert rc == 0 and len(report["rows"]) == 6
-    assert {r["strategy"] for r in report["rows"]} == {"subindex", "callback", "overfetch"}
-    assert all(0.9 <= r["recall_at_k"] <= 1.0 for r in report["rows"] if r["case"] == "own category")
-    assert not storage.exists(f"{root}/indexes")
 
 
 def test_row_count_mismatch_with_the_manifest_is_refused(tmp_path):

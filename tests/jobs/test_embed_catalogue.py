@@ -2,7 +2,6 @@
 incremental carry-over, the failure limit, crashed runs and atomic publication."""
 
 import dataclasses
-import io
 import json
 import os
 from pathlib import Path
@@ -11,36 +10,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image
 
 from artifacts import catalogue, embeddings, model_artifact, publish, storage
-from artifacts.model_card import ModelCard
 from artifacts.preprocess import PreprocessSpec
 from jobs import cli, embed_catalogue
 from jobs.embed_catalogue import EmbedConfig, EmbedFailedError, run
-from jobs.export_catalogue import ExportConfig, category_slug
+from jobs.export_catalogue import ExportConfig
 from jobs.export_catalogue import run as export
 from tune.data.fashion_mnist import CLASS_NAMES
+from tests.helpers import GARBAGE, edit_catalogue, mirrored_png, save_model
 
 pytestmark = pytest.mark.slow
-
-GARBAGE = b"this is not an image at all"
-
-
-def save_model(models_uri: str, model_id: str, seed: int = 0) -> str:
-    import keras
-
-    from tune.models import EMBEDDING_LAYER, build_model
-
-    keras.utils.set_random_seed(seed)
-    model = build_model("cnn_dropout_1")
-    spec = PreprocessSpec.for_input_shape(model.input_shape[1:])
-    card = ModelCard(model_id=model_id, architecture="cnn_dropout_1", class_names=list(CLASS_NAMES),
-                     input_shape=list(spec.input_shape), preprocessing=spec.to_dict(), embedding_layer=EMBEDDING_LAYER,
-                     embedding_dim=int(model.get_layer(EMBEDDING_LAYER).output.shape[-1]),
-                     params=int(model.count_params()), created_at="2026-11-28T00:00:00Z",
-                     framework={"keras": keras.__version__})
-    return model_artifact.save(model, card, models_uri)
 
 
 @pytest.fixture(scope="module")
@@ -48,35 +29,6 @@ def models_dir(tmp_path_factory) -> str:
     models = str(tmp_path_factory.mktemp("models"))
     save_model(models, "cnn-test-a")
     return models
-
-
-def mirrored_png(raw: bytes) -> bytes:
-    """Other content for the same item (not inverted: preprocessing undoes an inversion)."""
-    buf = io.BytesIO()
-    ImageOps.mirror(Image.open(io.BytesIO(raw))).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def edit_catalogue(cat: Path, *, replace: dict | None = None, delete=(), add: dict | None = None) -> None:
-    """Change images the way a shop would, keeping the manifest's hashes true."""
-    manifest = pq.read_table(cat / "manifest.parquet")
-    rows = []
-    for r in manifest.to_pylist():
-        path = cat / r["image_uri"]
-        if r["item_id"] in delete:
-            path.unlink()
-            continue
-        if r["item_id"] in (replace or {}):
-            data = replace[r["item_id"]]
-            path.write_bytes(data(path.read_bytes()) if callable(data) else data)
-            r["content_sha256"] = catalogue.content_sha256(path.read_bytes())
-        rows.append(r)
-    for item_id, (category, data) in (add or {}).items():
-        rel = f"{category_slug(category)}/{item_id}.png"
-        (cat / rel).write_bytes(data)
-        rows.append({"item_id": item_id, "image_uri": rel, "category": category, "label": CLASS_NAMES.index(category),
-                     "content_sha256": catalogue.content_sha256(data)})
-    catalogue.write_manifest(pa.Table.from_pylist(rows, schema=manifest.schema), str(cat / "manifest.parquet"))
 
 
 def by_id(table: pa.Table) -> dict[str, dict]:

@@ -7,7 +7,7 @@ import pytest
 
 from artifacts import storage
 from artifacts.configuration import load_config
-from artifacts.hnsw_index import l2_normalise
+from artifacts.vector_search import l2_normalise
 from jobs.evaluate_search import EvaluateSearchConfig, category_classes, exact_metrics, ranking_metrics
 
 
@@ -189,7 +189,8 @@ def tiny_setup(tiny_fashion_mnist, tmp_path_factory):
     import keras
 
     from artifacts import model_artifact, publish
-    from artifacts.hnsw_index import MANIFEST, HnswIndex
+    from artifacts.hnsw_index import HnswIndex
+    from artifacts.index_manifest import MANIFEST
     from artifacts.model_card import ModelCard
     from artifacts.preprocess import PreprocessSpec, arrays_to_model_input
     from tune.data import fashion_mnist

@@ -7,7 +7,7 @@ from artifacts import publish, storage
 from jobs.export_catalogue import ExportConfig
 from jobs.export_catalogue import run as export
 from jobs.nightly import NightlyConfig, run
-from tests.jobs.test_embed_catalogue import save_model
+from tests.helpers import save_model
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from jobs.embed_catalogue import EmbedConfig
 from jobs.embed_catalogue import run as embed
 from jobs.export_catalogue import ExportConfig
 from jobs.export_catalogue import run as export
-from tests.jobs.test_embed_catalogue import GARBAGE, edit_catalogue, mirrored_png, save_model
+from tests.helpers import GARBAGE, edit_catalogue, mirrored_png, save_model
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from jobs.embed_catalogue import EmbedConfig, EmbedFailedError
 from jobs.embed_catalogue import run as embed
 from jobs.export_catalogue import ExportConfig
 from jobs.export_catalogue import run as export
-from tests.jobs.test_embed_catalogue import save_model
+from tests.helpers import save_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
 

@@ -9,7 +9,7 @@ import pytest
 
 from artifacts import storage
 from serve import deploy
-from tests.serve.test_hot_swap import Load
+from tests.helpers import Load
 
 pytestmark = pytest.mark.slow
 

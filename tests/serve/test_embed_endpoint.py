@@ -13,8 +13,8 @@ from PIL import Image, ImageOps
 from artifacts import embeddings, storage
 from jobs.embed_catalogue import EmbedConfig, run
 from embedding.stages import Embedder, decode_batch
-from tests.jobs.test_embed_catalogue import save_model
-from tests.serve.conftest import EMBED_AUTH, EMBED_KEY, SEARCH_KEY, http, multipart_files
+from tests.helpers import save_model
+from tests.helpers import EMBED_AUTH, EMBED_KEY, SEARCH_KEY, http, multipart_files
 
 pytestmark = pytest.mark.slow
 GARBAGE = b"not an image, whatever its name says"

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from serve import uploads
 from serve.uploads import UploadError, image_from_body, images_from_body
-from tests.artifacts.test_fuzz_preprocess import encoded_images, mutated
-from tests.serve.conftest import multipart, multipart_files
+from tests.helpers import encoded_images, mutated
+from tests.helpers import multipart, multipart_files
 
 BOUNDARY = "vitrine-test-boundary-7f3a"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"

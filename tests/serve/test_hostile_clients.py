@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
-from tests.serve.conftest import EMBED_AUTH, http, multipart_files
+from tests.helpers import EMBED_AUTH, http, multipart_files
 
 pytestmark = pytest.mark.slow
 

@@ -2,60 +2,23 @@
 service without a failed request; an index that must not be served is refused, the old one stays."""
 
 import shutil
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from artifacts import publish, storage
-from artifacts.hnsw_index import MANIFEST, IndexManifest
+from artifacts.index_manifest import MANIFEST, IndexManifest
 from artifacts.model_card import MODEL_FILE
 from jobs.build_index import BuildIndexConfig
 from jobs.build_index import run as build_index
 from jobs.embed_catalogue import EmbedConfig
 from jobs.embed_catalogue import run as embed
-from tests.jobs.test_embed_catalogue import save_model
-from tests.serve.conftest import http, publish_version
+from tests.helpers import save_model
+from tests.helpers import http, publish_version
+from tests.helpers import Load, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-class Load:
-    """Closed-loop search requests from a few threads, recording every answer."""
-
-    def __init__(self, url: str, image: bytes, threads: int = 3):
-        self.url, self.image = url, image
-        self.answers: list[tuple[int, str | None, str | None]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
-
-    def _loop(self):
-        while not self._stop.is_set():
-            r = http(self.url + "/v1/search?k=5&category=all", self.image, timeout=60)
-            body = r.json() if r.status == 200 else {}
-            self.answers.append((r.status, body.get("model_id"), body.get("index_id")))
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(90)
-
-    def served(self) -> list[tuple[str, str]]:
-        """The (model, index) pairs seen, in order of first appearance."""
-        return list(dict.fromkeys((m, i) for s, m, i in self.answers if s == 200))
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serve.conftest import http, multipart
+from tests.helpers import http, multipart
 
 pytestmark = pytest.mark.slow
 

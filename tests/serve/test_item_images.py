@@ -10,15 +10,15 @@ import pytest
 from PIL import Image
 
 from artifacts import embeddings, storage
-from artifacts.hnsw_index import MANIFEST as INDEX_MANIFEST
+from artifacts.index_manifest import MANIFEST as INDEX_MANIFEST
 from jobs.build_index import BuildIndexConfig
 from jobs.build_index import run as build_index
 from jobs.embed_catalogue import EmbedConfig
 from jobs.embed_catalogue import run as embed
 from jobs.export_catalogue import ExportConfig
 from jobs.export_catalogue import run as export
-from tests.jobs.test_embed_catalogue import save_model
-from tests.serve.conftest import http
+from tests.helpers import save_model
+from tests.helpers import http
 
 pytestmark = pytest.mark.slow
 

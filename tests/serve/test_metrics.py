@@ -6,7 +6,7 @@ import urllib.request
 import pytest
 
 from artifacts.ray_session import metrics_url
-from tests.serve.conftest import http
+from tests.helpers import http
 
 pytestmark = pytest.mark.slow
 

@@ -3,32 +3,18 @@
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 from artifacts import storage
 from serve import deploy
-from tests.serve.test_hot_swap import Load, wait_until
+from tests.helpers import Load, wait_until
+from tests.helpers import replica_pids
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
 
 TWO_EACH = {name: {"autoscaling_config": {"min_replicas": 2, "initial_replicas": 2, "max_replicas": 2}}
             for name in ("Classifier", "Search")}
-
-
-def replica_pids(deployment: str) -> set[int]:
-    """PIDs of this app's live replica processes of a deployment (Ray titles them by name)."""
-    tag = f"ServeReplica:{deploy.APP_NAME}:{deployment}".encode()
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if tag in (proc / "cmdline").read_bytes():
-                    pids.add(int(proc.name))
-            except OSError:
-                pass
-    return pids
 
 
 @pytest.mark.parametrize("deployment", ["Classifier", "Search"])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from artifacts.hnsw_index import IndexLoadError
+from artifacts.index_manifest import IndexLoadError
 from serve import versions
 from serve.args import AppArgs
 from serve.retry import REASON_CHARS, RetryBackoff, short_reason

@@ -12,7 +12,7 @@ from jobs.embed_catalogue import EmbedConfig
 from jobs.embed_catalogue import run as embed
 from jobs.export_catalogue import ExportConfig
 from jobs.export_catalogue import run as export
-from tests.serve.conftest import http
+from tests.helpers import http
 from tune.data import fashion_mnist
 from tune.grid import load_grid_config
 from tune.grid import run as run_grid

@@ -19,7 +19,7 @@ from jobs.embed_catalogue import EmbedConfig
 from jobs.embed_catalogue import run as embed
 from serve import schemas
 from serve.errors import error_response
-from tests.serve.conftest import http, multipart_files, publish_version
+from tests.helpers import http, multipart_files, publish_version
 
 pytestmark = pytest.mark.slow
 

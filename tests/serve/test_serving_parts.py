@@ -10,13 +10,13 @@ import time
 import pytest
 
 from artifacts import publish, storage
-from artifacts.hnsw_index import MANIFEST
+from artifacts.index_manifest import MANIFEST
 from artifacts.model_card import CARD_FILE
 from serve import versions
 from serve.searcher import CatalogueSearcher
 from serve.uploads import UploadError, image_from_body
 from serve.version_cache import VersionCache
-from tests.serve.conftest import multipart
+from tests.helpers import multipart
 
 
 # ---------------------------------------------------------------- versions

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from artifacts import publish, storage
-from artifacts.hnsw_index import MANIFEST, HnswIndex
+from artifacts.hnsw_index import HnswIndex
+from artifacts.index_manifest import MANIFEST
 from artifacts.index_shards import ShardBudgetError, ShardedIndex, slot_of
-from tests.serve.conftest import http
-from tests.serve.test_hot_swap import Load, wait_until
+from tests.helpers import http
+from tests.helpers import Load, wait_until
 
 pytestmark = pytest.mark.slow  # ~55 s on 2 shared cores (one deploy, a swap under load)
 

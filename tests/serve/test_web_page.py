@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve.conftest import http, multipart
+from tests.helpers import http, multipart
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import idx_bytes, write_fashion_mnist
+from tests.helpers import idx_bytes, write_fashion_mnist
 from tune.data import fashion_mnist as fm
 
 

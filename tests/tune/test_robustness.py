@@ -10,7 +10,7 @@ from PIL import Image
 
 from artifacts.photo_style import encode_jpeg, render
 from artifacts.preprocess import PreprocessSpec, preprocess_bytes
-from tests.conftest import synthetic_images
+from tests.helpers import synthetic_images
 from tune.robustness import (PERTURBATIONS, REPORT_FILES, clean_params, measure, perturb, perturbed_params,
                              write_report)
 

@@ -6,25 +6,14 @@ import numpy as np
 import pytest
 
 from artifacts import publish, storage
-from artifacts.hnsw_index import (MANIFEST, HnswIndex, IndexBuildError, IndexLoadError, UnknownCategoryError,
-                                  l2_normalise, recall_at_k)
+from artifacts.hnsw_index import HnswIndex
+from artifacts.index_manifest import MANIFEST, IndexBuildError, IndexLoadError, UnknownCategoryError
+from artifacts.vector_search import recall_at_k
+from tests.helpers import CLUSTER_SIZES, clustered, perturbed
 
-N, DIM = 2000, 32
-# Sizes of the 10 categories; "c9" is small enough (< exact_below) to be searched exactly.
-SIZES = [300, 280, 260, 240, 220, 200, 180, 170, 110, 40]
+N, DIM = sum(CLUSTER_SIZES), 32  # tests.helpers.clustered
+# Category "c9" (40 items) is small enough (< exact_below) to be searched exactly.
 PARAMS = dict(M=16, ef_construction=200, ef=64, exact_below=64, seed=7, num_threads=2)
-
-
-def clustered(seed: int = 0):
-    """Ten categories, each a cloud of three sub-clusters, unit vectors in 32 dims."""
-    rng = np.random.default_rng(seed)
-    cats = np.repeat(np.arange(10), SIZES)
-    centres = rng.normal(size=(10, DIM)) * 1.5
-    sub = rng.normal(size=(10, 3, DIM))
-    vectors = centres[cats] + sub[cats, rng.integers(0, 3, N)] + 0.8 * rng.normal(size=(N, DIM))
-    perm = rng.permutation(N)
-    ids = [f"item-{i:05d}" for i in range(N)]
-    return ids, [f"c{c}" for c in cats[perm]], l2_normalise(vectors[perm])
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +25,6 @@ def data():
 def index(data):
     ids, cats, vectors = data
     return HnswIndex.build(ids, cats, vectors, **PARAMS)
-
-
-def perturbed(vectors, seed=1, scale=0.3):
-    rng = np.random.default_rng(seed)
-    return l2_normalise(vectors + scale * rng.normal(size=vectors.shape) / np.sqrt(vectors.shape[1]) * 3)
 
 
 def test_recall_at_10_against_exact(index, data):
@@ -76,14 +60,6 @@ def test_category_filter_returns_only_that_category_and_matches_exact(index, dat
     assert overlap >= 0.99
     top1 = np.mean([a[0].item_id == e[0].item_id for a, e in zip(hits, exact)])
     assert top1 >= 0.99
-
-
-@pytest.mark.parametrize("strategy", ["callback", "overfetch"])
-def test_other_filter_strategies_are_correct_too(index, data, strategy):
-    queries = perturbed(data[2][::20])
-    pos, _ = index.search_positions(queries, 10, "c4", strategy=strategy)
-    assert (pos >= 0).all() and set(index.categories_of(pos.ravel())) == {"c4"}
-    assert index.measure_recall(queries, k=10, category="c4", strategy=strategy) >= 0.95
 
 
 def test_fewer_items_than_k_and_unknown_categories(data):
@@ -153,7 +129,7 @@ def _roundtrip(index, data, uri):
     assert (m.index_id, m.model_id, m.embeddings_run_id, m.embedding_dim, m.recall_at_10) == (
         "idx-1", "m-1", "run-1", DIM, 0.995)
     assert m.params["M"] == 16 and m.params["ef"] == 64 and m.build_seconds > 0 and m.created_at
-    assert m.counts["categories"] == {f"c{i}": s for i, s in enumerate(SIZES)} == loaded.category_counts()
+    assert m.counts["categories"] == {f"c{i}": s for i, s in enumerate(CLUSTER_SIZES)} == loaded.category_counts()
     assert set(m.files["categories"]) == {f"c{i}" for i in range(9)}  # c9 is below exact_below
     queries = perturbed(data[2][:100])
     for category in (None, "c3", "c9"):
@@ -240,9 +216,6 @@ def assert_no_tombstone_returned(index, queries):
             assert not index.deleted[pos[pos >= 0]].any(), category
             assert ((pos >= 0).sum(axis=1) == min(10, len(index) if category is None else sum(
                 index.category_counts()[c] for c in ([category] if isinstance(category, str) else category)))).all()
-    for strategy in ("callback", "overfetch"):
-        pos, _ = index.search_positions(queries, 10, "c0", strategy=strategy)
-        assert not index.deleted[pos[pos >= 0]].any()
 
 
 def test_incremental_update_matches_a_rebuild_and_never_returns_tombstones(data, tmp_path):
@@ -261,7 +234,7 @@ def test_incremental_update_matches_a_rebuild_and_never_returns_tombstones(data,
     assert updated.category_counts() == full.category_counts() and len(updated) == len(full) == len(ids2)
     assert stats.deleted == stats.changed + stats.removed and stats.positions == N + stats.added
     # Sub-indexes follow membership: c8 fell to exact search, c9 grew a graph, zz is small.
-    assert sorted(updated.category_names[j] for j in updated._sub) == sorted(full.category_names[j] for j in full._sub)
+    assert sorted(updated.category_names[j] for j in updated.sub_graphs) == sorted(full.category_names[j] for j in full.sub_graphs)
     queries = np.vstack([old_vectors[plan.delete_positions], perturbed(vecs2[::7])])
     assert_no_tombstone_returned(updated, queries)
     for kind in (None, "own"):
