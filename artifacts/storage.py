@@ -253,6 +253,24 @@ def delete_file(uri: str) -> None:
         fs.delete_file(path)
 
 
+def copy_file(src: str, dst: str) -> None:
+    """Copy one file without passing its bytes through this process where the storage can: a
+    server-side copy within S3, a file copy on a local disk; across the two, read and write."""
+    src_fs, src_path = resolve(src)
+    dst_fs, dst_path = resolve(dst)
+    try:
+        if type(src_fs) is type(dst_fs) and (isinstance(src_fs, pafs.LocalFileSystem) or src_fs == dst_fs):
+            if isinstance(dst_fs, pafs.LocalFileSystem):
+                os.makedirs(os.path.dirname(dst_path), exist_ok=True)
+            src_fs.copy_file(src_path, dst_path)
+            return
+    except FileNotFoundError as exc:
+        raise StorageError(f"not found: {src}") from exc
+    except OSError as exc:
+        raise StorageError(f"cannot copy {src} to {dst}: {exc}") from exc
+    write_bytes(dst, read_bytes(src))
+
+
 def upload_dir(local_dir: str | Path, uri: str) -> None:
     """Copy a local directory tree to a URI (a plain copy when the URI is local)."""
     fs, path = resolve(uri)

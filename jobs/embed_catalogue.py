@@ -223,10 +223,10 @@ def run(config: EmbedConfig) -> EmbedResult:
     not_carried = pa.concat_arrays([plan.todo.column("item_id").combine_chunks(),
                                     pa.array([f["item_id"] for f in failed_early], pa.string()),
                                     refused.column("item_id").combine_chunks()])
-    counts = {"total": total, **run_plan.kinds(not_carried, None if previous is None else previous.column("item_id"),
+    counts = {"total": total, **run_plan.kinds(not_carried, None if previous is None else previous.item_ids,
                                                rejected),
               "unchanged": plan.carried, "removed": plan.removed}
-    del previous, not_carried  # only ids from here on
+    del not_carried
     log.info("catalogue %s: %d items; model %s; previous run %s: %d unchanged (carried over), %d new, "
              "%d changed, %d retried, %d removed", config.catalogue, total, card.model_id, previous_run or "none",
              counts["unchanged"], counts["new"], counts["changed"], counts["retried"], counts["removed"])
@@ -240,7 +240,8 @@ def run(config: EmbedConfig) -> EmbedResult:
     embedded = failed = 0
     try:
         t = time.perf_counter()
-        carried = run_plan.carry(publish.artifact_uri(runs_uri, previous_run), plan, items, writer) if plan.carried else 0
+        carried = run_plan.carry(previous, plan, items, writer) if plan.carried else 0
+        previous = None  # its keys, from here on not needed
         timings["carry_s"] = time.perf_counter() - t
         t = time.perf_counter()
         if todo.num_rows:

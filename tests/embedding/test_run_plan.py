@@ -48,8 +48,10 @@ def _items(ids, hashes=None, uris=None, category="Bag"):
 def test_the_plan_reads_ids_uris_and_hashes_only_and_carries_what_is_the_same(tmp_path):
     previous_rows = _rows([f"i{k}" for k in range(20)])
     run = _published_run(tmp_path, previous_rows)
-    keys = run_plan.previous_keys(run)
-    assert keys.column_names == run_plan.KEY_COLUMNS  # never the embeddings
+    previous = run_plan.previous_keys(run)
+    keys = previous.keys
+    assert keys.column_names == run_plan.KEY_COLUMNS + run_plan.META_COLUMNS  # never the embeddings
+    assert [n for _, n in previous.files] == [7, 7, 6]  # file by file, in the order of the keys
 
     ids = [f"i{k}" for k in range(2, 20)] + ["new1"]  # i0, i1 removed; new1 added
     hashes = [f"h-{i}" for i in ids]
@@ -57,7 +59,7 @@ def test_the_plan_reads_ids_uris_and_hashes_only_and_carries_what_is_the_same(tm
     uris = [f"/cat/{i}.png" for i in ids]
     uris[1] = "/cat/moved.png"  # i3 moved: read again, never carried to a new location unread
     items = _items(ids, hashes, uris)
-    plan = run_plan.plan(items, keys)
+    plan = run_plan.plan(items, previous)
     assert sorted(plan.todo.column("item_id").to_pylist()) == ["i2", "i3", "new1"]
     assert plan.carried == 16 and plan.removed == 2
     counts = run_plan.kinds(plan.todo.column("item_id").combine_chunks(), keys.column("item_id"),
@@ -73,7 +75,7 @@ def test_carrying_streams_the_kept_rows_with_the_catalogue_s_current_category(tm
     plan = run_plan.plan(items, run_plan.previous_keys(run))
     out = str(tmp_path / "run-2")
     writer = embeddings.RunWriter(out, DIM, 1000)
-    assert run_plan.carry(run, plan, items, writer) == len(ids)
+    assert run_plan.carry(run_plan.previous_keys(run), plan, items, writer) == len(ids)
     writer.close()
     got = pq.read_table(str(tmp_path / "run-2" / "data"))
     assert sorted(got.column("item_id").to_pylist()) == sorted(ids)
@@ -81,6 +83,44 @@ def test_carrying_streams_the_kept_rows_with_the_catalogue_s_current_category(tm
     before = {r["item_id"]: r["embedding"] for r in previous_rows.to_pylist()}
     for row in got.to_pylist():  # the embedding itself is carried unchanged
         assert row["embedding"] == pytest.approx(before[row["item_id"]])
+
+
+def test_untouched_files_are_copied_whole_and_touched_ones_filtered_by_position(tmp_path):
+    previous_rows = _rows([f"i{k:02d}" for k in range(21)])  # files of 7: i00-i06, i07-i13, i14-i20
+    run = _published_run(tmp_path, previous_rows)
+    names = embeddings.part_files(run, embeddings.DATA_DIR)
+    ids = [f"i{k:02d}" for k in range(21) if k != 9]  # the second file loses a row
+    categories = ["Bag"] * 13 + ["Boot"] + ["Bag"] * 6  # and the third file has one item recategorised
+    items = _items(ids)
+    items = items.set_column(items.schema.get_field_index("category"), "category", pa.array(categories))
+    previous = run_plan.previous_keys(run)
+    plan = run_plan.plan(items, previous)
+    assert plan.carried == 20 and plan.removed == 1 and plan.todo.num_rows == 0
+    out = str(tmp_path / "run-2")
+    writer = embeddings.RunWriter(out, DIM, 1000, prefix="part-d-")
+    assert run_plan.carry(previous, plan, items, writer) == 20
+    writer.close()
+    files = embeddings.part_files(out, embeddings.DATA_DIR)
+    copies = [n for n in files if n.startswith(run_plan.COPIED_PREFIX)]
+    assert len(copies) == 1 and len(files) == 2  # the first file whole, the other two through the writer
+    data = tmp_path / "run-2" / "data"
+    assert (data / copies[0]).read_bytes() == (tmp_path / "run-1" / "data" / names[0]).read_bytes()
+    got = {r["item_id"]: r for r in pq.read_table(str(data)).to_pylist()}
+    assert sorted(got) == sorted(ids) and got["i14"]["category"] == "Boot" and got["i15"]["category"] == "Bag"
+    before = {r["item_id"]: r["embedding"] for r in previous_rows.to_pylist()}
+    assert all(got[i]["embedding"] == pytest.approx(before[i]) for i in ids)
+
+
+def test_a_previous_file_that_changed_after_the_plan_fails_the_carry(tmp_path):
+    run = _published_run(tmp_path, _rows([f"i{k:02d}" for k in range(14)]))
+    items = _items([f"i{k:02d}" for k in range(1, 14)])
+    previous = run_plan.previous_keys(run)
+    plan = run_plan.plan(items, previous)
+    first = embeddings.part_files(run, embeddings.DATA_DIR)[0]
+    pq.write_table(_rows(["x", "y"]), str(tmp_path / "run-1" / "data" / first))  # rewritten under the job
+    writer = embeddings.RunWriter(str(tmp_path / "run-2"), DIM, 1000)
+    with pytest.raises(RuntimeError, match="changed while this run read them"):
+        run_plan.carry(previous, plan, items, writer)
 
 
 def test_the_workers_block_writer_and_the_removal_of_files_no_report_names(tmp_path):
