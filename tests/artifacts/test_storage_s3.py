@@ -23,6 +23,19 @@ def test_s3_roundtrip_listing_and_dirs(s3_bucket, tmp_path):
         assert (local / "sub" / "x.bin").read_bytes() == b"\x00\x01"
 
 
+def test_copy_file_within_s3_across_to_local_and_a_missing_source(s3_bucket, tmp_path):
+    src = storage.join(s3_bucket, "runs", "a", "part-0.parquet")
+    storage.write_bytes(src, b"PAR1 payload")
+    storage.copy_file(src, storage.join(s3_bucket, "runs", "b", "part-c-1.parquet"))  # server-side
+    assert storage.read_bytes(storage.join(s3_bucket, "runs", "b", "part-c-1.parquet")) == b"PAR1 payload"
+    storage.copy_file(src, str(tmp_path / "local" / "copy.parquet"))  # across filesystems
+    assert (tmp_path / "local" / "copy.parquet").read_bytes() == b"PAR1 payload"
+    storage.copy_file(str(tmp_path / "local" / "copy.parquet"), str(tmp_path / "local" / "again.parquet"))
+    assert (tmp_path / "local" / "again.parquet").read_bytes() == b"PAR1 payload"
+    with pytest.raises(storage.StorageError):
+        storage.copy_file(storage.join(s3_bucket, "runs", "missing.parquet"), storage.join(s3_bucket, "x"))
+
+
 def test_gzip_objects_are_not_decompressed(s3_bucket):
     uri = storage.join(s3_bucket, "f.gz")
     storage.write_bytes(uri, b"\x1f\x8b not really gzip")
