@@ -198,6 +198,27 @@ def _crop_resize(m: np.ndarray, box, spec: PreprocessSpec) -> np.ndarray:
         spec.height, spec.width, c)
 
 
+def _map_and_boxes(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1-4 of :func:`canonicalise`: the foreground maps and the box each is cut to."""
+    n, h, w, _ = pixels.shape
+    if spec.channels == 3 and pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    m = _foreground_map(pixels.astype(np.float32), _border_background(pixels.astype(np.float32),
+                        spec.background_gradient), spec.channels)
+    boxes = _object_boxes(m, spec) if spec.crop else np.tile(np.array([0, h, 0, w]), (n, 1))
+    if spec.pad_square:
+        boxes = _fit_aspect(boxes, h, w, spec)
+    return m, boxes
+
+
+def input_boxes(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """(n, 4) boxes ``y0, y1, x0, x1``: the part of each image (n, h, w, c) that
+    :func:`canonicalise` turns into the model input, computed the same way; a box may reach past
+    the image (padding with background). For mapping what a model saw back onto the image
+    (artifacts/explain.py)."""
+    return _map_and_boxes(pixels, spec)[1]
+
+
 def canonicalise(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Canonical input of a batch of uint8 images (n, h, w, c), c = 1 or 3, as uint8
     (n, *spec.input_shape); the steps are the spec's switches, in this order:
@@ -216,13 +237,7 @@ def canonicalise(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     Both the single-image and the vectorised batch paths call this, so a tile in training and
     the same tile uploaded to the service give the same input."""
     n, h, w, _ = pixels.shape
-    if spec.channels == 3 and pixels.shape[-1] == 1:
-        pixels = np.repeat(pixels, 3, axis=-1)
-    m = _foreground_map(pixels.astype(np.float32), _border_background(pixels.astype(np.float32),
-                        spec.background_gradient), spec.channels)
-    boxes = _object_boxes(m, spec) if spec.crop else np.tile(np.array([0, h, 0, w]), (n, 1))
-    if spec.pad_square:
-        boxes = _fit_aspect(boxes, h, w, spec)
+    m, boxes = _map_and_boxes(pixels, spec)
     if (h, w) == (spec.height, spec.width):
         out = m.copy()
         todo = np.flatnonzero((boxes != np.array([0, h, 0, w])).any(axis=1))

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .canonical import CANONICAL_CHUNK, canonicalise
+from .canonical import CANONICAL_CHUNK, canonicalise, input_boxes
 
 # Batch jobs read catalogue images (a shop's own, up to large studio shots); the service's
 # upload limit is lower (serve/args.py max_pixels).
@@ -188,6 +188,26 @@ def to_model_input(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     if out.ndim == 2:
         out = out[..., None]
     return out
+
+
+def input_box(img: Image.Image, spec: PreprocessSpec) -> tuple[float, float, float, float]:
+    """``(y0, y1, x0, x1)`` in ``img``'s pixels: the region :func:`to_model_input` turns into the
+    model input (the canonical crop, or the old pipeline's letterbox; it may reach past the image
+    where the input is padding). What a model saw maps back onto the image through it."""
+    img = _to_8bit(img)
+    w, h = img.size
+    if spec.is_canonical:
+        arr = np.asarray(img)
+        arr = arr[None, ..., None] if arr.ndim == 2 else arr[None]
+        return tuple(float(v) for v in input_boxes(arr, spec)[0])
+    if (w, h) == (spec.width, spec.height):
+        return (0.0, float(h), 0.0, float(w))
+    # ImageOps.pad: fit inside keeping the aspect ratio, centred; input pixels map to image pixels / s.
+    s = min(spec.width / w, spec.height / h)
+    rw, rh = max(1, round(w * s)), max(1, round(h * s))
+    x_off, y_off = round((spec.width - rw) / 2), round((spec.height - rh) / 2)
+    sx, sy = rw / w, rh / h
+    return (-y_off / sy, (spec.height - y_off) / sy, -x_off / sx, (spec.width - x_off) / sx)
 
 
 def draft_size(spec: PreprocessSpec) -> tuple[int, int]:

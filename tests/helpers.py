@@ -1,5 +1,5 @@
 """Helpers the test modules share (fixtures stay in the conftest files): Fashion-MNIST-format data,
-a saved untrained model, catalogue edits, real HTTP with multipart bodies, load under a hot swap,
+a saved untrained model, a small trained one, catalogue edits, real HTTP with multipart bodies, load under a hot swap,
 replica processes, job logs, fuzzing strategies."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from artifacts import catalogue, model_artifact, storage
+from artifacts import catalogue, catalogue_manifest, model_artifact, storage
 from artifacts.model_card import ModelCard
 from artifacts.preprocess import PreprocessSpec
 from jobs.build_index import BuildIndexConfig
@@ -102,6 +102,31 @@ def save_model(models_uri: str, model_id: str, seed: int = 0) -> str:
     return model_artifact.save(model, card, models_uri)
 
 
+def save_trained_model(models_uri: str, model_id: str, data_dir: str, *, architecture: str = "cnn_dropout_1",
+                       epochs: int = 8, learning_rate: float = 3e-3, seed: int = 0, **options) -> str:
+    """A small model trained for a few epochs on the synthetic tiles of ``data_dir`` (it learns
+    them: the class decides where the bright block is), canonical input, saved without LATEST."""
+    import keras
+
+    from artifacts import heads
+    from artifacts.preprocess import arrays_to_model_input
+    from tune.data import fashion_mnist
+    from tune.models import EMBEDDING_LAYER, build_model
+
+    keras.utils.set_random_seed(seed)
+    ds = fashion_mnist.load(data_dir)
+    spec = PreprocessSpec.canonical()
+    model = build_model(architecture, **options)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=heads.loss_for(model))
+    model.fit(arrays_to_model_input(ds.train_images, spec), ds.train_labels.astype(int), epochs=epochs,
+              batch_size=32, verbose=0)
+    card = ModelCard(model_id=model_id, architecture=architecture, class_names=list(CLASS_NAMES),
+                     input_shape=list(spec.input_shape), preprocessing=spec.to_dict(), embedding_layer=EMBEDDING_LAYER,
+                     embedding_dim=int(model.get_layer(EMBEDDING_LAYER).output.shape[-1]),
+                     params=int(model.count_params()), framework={"keras": keras.__version__})
+    return model_artifact.save(model, card, models_uri, make_latest=False)
+
+
 def mirrored_png(raw: bytes) -> bytes:
     """Other content for the same item (not inverted: preprocessing undoes an inversion)."""
     buf = io.BytesIO()
@@ -128,7 +153,7 @@ def edit_catalogue(cat: Path, *, replace: dict | None = None, delete=(), add: di
         (cat / rel).write_bytes(data)
         rows.append({"item_id": item_id, "image_uri": rel, "category": category, "label": CLASS_NAMES.index(category),
                      "content_sha256": catalogue.content_sha256(data)})
-    catalogue.write_manifest(pa.Table.from_pylist(rows, schema=manifest.schema), str(cat / "manifest.parquet"))
+    catalogue_manifest.write_manifest(pa.Table.from_pylist(rows, schema=manifest.schema), str(cat / "manifest.parquet"))
 
 
 def publish_version(root: str, model_id: str, *, seed: int = 0) -> str:
