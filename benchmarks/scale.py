@@ -41,110 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-RECIPE = 1  # bump when the variation recipe changes: the image pool is made again
-CHUNK = 20_000
 EFS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 QUERIES = 1000
-
-
-# ------------------------------------------------------------------------------- catalogues
-def _variant(tile: np.ndarray, i: int) -> np.ndarray:
-    """Item ``i``: the tile itself for the first copy, else a seeded variation of it."""
-    if i < 60_000:
-        return tile
-    rng = np.random.default_rng(i)
-    dy, dx = rng.integers(-2, 3, 2)
-    img = np.roll(tile, (int(dy), int(dx)), (0, 1)).astype(np.float32) * rng.uniform(0.75, 1.15)
-    mask = rng.random(tile.shape) < 0.05
-    img[mask] += rng.normal(0, 20, int(mask.sum()))
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _make_chunk(args) -> list[dict]:
-    lo, hi, pool, prefix, seed_offset = args
-    from artifacts.catalogue import content_sha256
-    from jobs.export_catalogue import category_slug, encode_png
-    from tune.data.fashion_mnist import CLASS_NAMES, load
-
-    data = load(allow_download=False)
-    rows = []
-    for i in range(lo, hi):
-        base = i % len(data.train_labels)
-        name = CLASS_NAMES[int(data.train_labels[base])]
-        png = encode_png(_variant(data.train_images[base], i + seed_offset))
-        rel = f"{prefix}/{category_slug(name)}/{i:07d}.png"
-        path = Path(pool) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(png)
-        rows.append({"item_id": f"item-{i:07d}", "image_uri": rel, "category": name,
-                     "content_sha256": content_sha256(png)})
-    return rows
-
-
-def _images(pool: Path, lo: int, hi: int, prefix: str, seed_offset: int = 0) -> "pa.Table":
-    import multiprocessing as mp
-
-    import pyarrow as pa
-
-    jobs = [(s, min(s + CHUNK, hi), str(pool), prefix, seed_offset) for s in range(lo, hi, CHUNK)]
-    rows: list[dict] = []
-    with mp.get_context("spawn").Pool(max(1, min(os.cpu_count() or 1, 4))) as workers:
-        for done, part in enumerate(workers.imap(_make_chunk, jobs), 1):
-            rows.extend(part)
-            print(f"  {prefix}: {min(done * CHUNK, hi - lo):,}/{hi - lo:,} images", flush=True)
-    return pa.Table.from_pylist(rows)
-
-
-def ensure_pool(work: Path, n: int) -> "pa.Table":
-    """The first ``n`` items of the image pool (made where missing) as a manifest table."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pool = work / "catalogue"
-    index = pool / f"pool-r{RECIPE}.parquet"
-    have = pq.read_table(index) if index.exists() else None
-    count = 0 if have is None else have.num_rows
-    if count < n:
-        print(f"generating images {count:,}..{n:,} under {pool}", flush=True)
-        more = _images(pool, count, n, "images")
-        have = more if have is None else pa.concat_tables([have, more])
-        tmp = index.with_suffix(".tmp")
-        pq.write_table(have, tmp)
-        tmp.replace(index)
-    return have.slice(0, n)
-
-
-def change_set(work: Path, base: "pa.Table", n: int, tag: str, seed: int) -> "pa.Table":
-    """``base`` with 0.5% of its items given new images and 0.5% new items added."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    pool = work / "catalogue"
-    k = max(1, n // 200)
-    rng = np.random.default_rng(seed)
-    changed = np.sort(rng.choice(n, size=k, replace=False))
-    fresh = _images(pool, 10_000_000 + seed * 1_000_000, 10_000_000 + seed * 1_000_000 + 2 * k,
-                    f"changes-{tag}-{n}", seed_offset=n)
-    edited = fresh.slice(0, k)
-    added = fresh.slice(k, k)
-    added = added.set_column(0, "item_id", pa.array([f"new-{tag}-{j:07d}" for j in range(k)]))
-    new_uri = base.column("image_uri").to_pylist()
-    new_hash = base.column("content_sha256").to_pylist()
-    for j, pos in enumerate(changed):
-        new_uri[pos] = edited.column("image_uri")[j].as_py()
-        new_hash[pos] = edited.column("content_sha256")[j].as_py()
-    out = base.set_column(1, "image_uri", pa.array(new_uri)).set_column(3, "content_sha256", pa.array(new_hash))
-    # The edited images keep their item's category: take the base's.
-    assert pc.all(pc.equal(out.column("category"), base.column("category"))).as_py()
-    return pa.concat_tables([out, added.select(out.column_names)])
-
-
-def write_manifest(work: Path, table, name: str) -> str:
-    import pyarrow.parquet as pq
-
-    path = work / "catalogue" / name
-    pq.write_table(table, path)
-    return str(path)
 
 
 # ------------------------------------------------------------------------------- measured steps
@@ -259,6 +157,8 @@ def _dir_bytes(path: Path) -> int:
 
 
 def measure_size(n: int, work: Path, model: str, cluster, env: dict, qpath: Path, local_max: int) -> dict:
+    from benchmarks.scale_catalogue import change_set, ensure_pool, write_manifest
+
     items = ensure_pool(work, n)
     manifest = write_manifest(work, items, f"manifest-{n}.parquet")
     a = change_set(work, items, n, "a", seed=1)
@@ -336,82 +236,6 @@ def _measure(n, work, model, cluster, env, qpath, local_max, manifest, changes_a
     return row
 
 
-# ------------------------------------------------------------------------------- report
-def markdown(rows: list[dict], command: str, wall_s: float) -> str:
-    def g(row, *path, fmt="{:.1f}"):
-        v = row
-        for p in path:
-            v = (v or {}).get(p)
-        return "–" if v is None else fmt.format(v)
-
-    lines = [f"Measured with `{command}` ({wall_s / 60:.0f} min in all).", "",
-             "| items | full run s | items/s | driver peak RSS MB | tree peak RSS MB | Parquet MB "
-             "| 1% incr. same process, cold / warm s | 1% incr. fresh job s | index full s | index incr. s | recall full/incr. "
-             "| replica load s | replica RSS MB | graphs MB | p50/p99 ms (ef) all | p50/p99 ms (ef) category |",
-             "|" + "--:|" * 16]
-    for r in rows:
-        rep = r.get("replica", {})
-        lines.append("| " + " | ".join([
-            f"{r['items']:,}", g(r, "full", "seconds"), g(r, "full", "items_per_s", fmt="{:,.0f}"),
-            g(r, "full", "driver_rss_mb", fmt="{:,.0f}"), g(r, "full", "tree_rss_mb", fmt="{:,.0f}"),
-            g(r, "parquet_mb", fmt="{:,.0f}"),
-            f"{g(r, 'increment_same_process', 'seconds')} / {g(r, 'increment_same_process_warm', 'seconds')}",
-            g(r, "increment_fresh_job", "seconds"), g(r, "index_full", "seconds"), g(r, "index_incremental", "seconds"),
-            f"{g(r, 'index_full', 'recall_at_10', fmt='{:.4f}')}/{g(r, 'index_incremental', 'recall_at_10', fmt='{:.4f}')}",
-            g(rep, "load_s"), g(rep, "rss_mb", fmt="{:,.0f}"), g(rep, "graph_mb", fmt="{:,.0f}"),
-            *(f"{g(rep, k, 'p50_ms', fmt='{:.3f}')}/{g(rep, k, 'p99_ms', fmt='{:.3f}')} ({g(rep, k, 'ef', fmt='{}')})"
-              for k in ("unfiltered", "category"))]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = [r["items"] for r in rows]
-
-    def series(*keys):
-        out = []
-        for r in rows:
-            v = r
-            for k in keys:
-                v = (v or {}).get(k)
-            out.append(v)
-        return out
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for label, keys in (("full embedding run", ("full", "seconds")),
-                        ("1% increment, same process (model loaded)", ("increment_same_process_warm", "seconds")),
-                        ("1% increment, fresh job", ("increment_fresh_job", "seconds")),
-                        ("index full build", ("index_full", "seconds")),
-                        ("index incremental update", ("index_incremental", "seconds")),
-                        ("replica load (hot swap)", ("replica", "load_s"))):
-        axes[0].plot(n, series(*keys), marker="o", label=label)
-    axes[0].set_ylabel("seconds")
-    for label, keys in (("embedding driver", ("full", "driver_rss_mb")), ("driver + Ray tree", ("full", "tree_rss_mb")),
-                        ("index build", ("index_full", "rss_mb")), ("search replica", ("replica", "rss_mb")),
-                        ("replica graphs (files)", ("replica", "graph_mb")), ("Parquet", ("parquet_mb",))):
-        axes[1].plot(n, series(*keys), marker="o", label=label)
-    axes[1].set_ylabel("MB")
-    for label, keys in (("p50 unfiltered", ("replica", "unfiltered", "p50_ms")),
-                        ("p99 unfiltered", ("replica", "unfiltered", "p99_ms")),
-                        ("p50 in category", ("replica", "category", "p50_ms")),
-                        ("p99 in category", ("replica", "category", "p99_ms"))):
-        axes[2].plot(n, series(*keys), marker="o", label=label)
-    axes[2].set_ylabel("ms per query (1 thread, recall@10 >= 0.99)")
-    for ax, title in zip(axes, ("time", "memory and bytes", "search latency")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("catalogue items")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("session", "queries", "replica"):
@@ -467,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(rows: list[dict], args, command: str, wall_s: float) -> int:
+    from benchmarks.scale_report import markdown, plot
+
     table = markdown(rows, command, wall_s)
     print(table)
     if args.markdown:
