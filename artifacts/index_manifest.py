@@ -48,7 +48,7 @@ class IndexManifest:
     created_at: str = ""
     files: dict = field(default_factory=dict)  # index, items, vectors, categories: {name: file}
     config: dict = field(default_factory=dict)  # the resolved build config
-    # Where the items' images may be read (artifacts.catalogue.catalogue_roots of the embedded
+    # Where the items' images may be read (artifacts.image_roots.catalogue_roots of the embedded
     # catalogue); the item-image route opens nothing outside them. Empty (older indexes): nothing.
     catalogue_roots: list = field(default_factory=list)
     # How it was made: {"mode": "full"|"incremental", "reason", "previous_index", "added", "deleted", ...}.

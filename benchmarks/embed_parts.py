@@ -57,13 +57,15 @@ def row_by_row_manifest(manifest_uri: str) -> None:
     import pyarrow as pa
 
     from artifacts import catalogue
-    from artifacts.catalogue import _SHA256, _parent, _read_manifest_file, _resolve_image_uri, check_item_id
+    from artifacts.catalogue import SHA256_HEX, check_item_id
+    from artifacts.catalogue_manifest import _read_manifest_file, _resolve_image_uri
+    from artifacts.image_roots import parent_dir
 
     raw = _read_manifest_file(manifest_uri)
-    base = _parent(manifest_uri)
+    base = parent_dir(manifest_uri)
     pa.array([_resolve_image_uri(base, u) for u in raw.column("image_uri").to_pylist()], pa.string())
     for value in raw.column("content_sha256").to_pylist():
-        if value is not None and not _SHA256.match(value):
+        if value is not None and not SHA256_HEX.match(value):
             raise catalogue.CatalogueError(value)
     ids = raw.column("item_id").to_pylist()
     for item_id in ids:
@@ -74,12 +76,12 @@ def row_by_row_manifest(manifest_uri: str) -> None:
 def parts(catalogue_uri: str, model: str, storage_root: str, repeat: int) -> dict:
     import pyarrow.parquet as pq
 
-    from artifacts import catalogue, embeddings, model_artifact, publish
+    from artifacts import catalogue_listing, catalogue_manifest, embeddings, model_artifact, publish
     from artifacts.model_card import CARD_FILE
     from embedding.stages import decode_batch
 
     out: dict = {}
-    items = catalogue.list_catalogue(catalogue_uri).select(["item_id", "image_uri", "category", "content_sha256"])
+    items = catalogue_listing.list_catalogue(catalogue_uri).select(["item_id", "image_uri", "category", "content_sha256"])
     model_uri = publish.resolve(model, manifest_name=CARD_FILE)
     card = model_artifact.read_card(model_uri)
     sample = items.slice(0, 4096)
@@ -101,9 +103,9 @@ def parts(catalogue_uri: str, model: str, storage_root: str, repeat: int) -> dic
             out[f"read_{name}_s"] = best(lambda: pq.read_table(path), repeat)
             out[f"size_{name}_mb"] = os.path.getsize(path) / 1e6
 
-    manifest = catalogue.find_manifest(catalogue_uri)
+    manifest = catalogue_manifest.find_manifest(catalogue_uri)
     out["manifest_rows"] = items.num_rows
-    out["list_s"] = best(lambda: catalogue.list_catalogue(catalogue_uri), repeat)
+    out["list_s"] = best(lambda: catalogue_listing.list_catalogue(catalogue_uri), repeat)
     out["list_row_by_row_s"] = best(lambda: row_by_row_manifest(manifest), repeat)
     return out
 

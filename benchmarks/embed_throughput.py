@@ -47,7 +47,7 @@ def plain_loop(catalogue: str, model_uri: str, out: str, limit: int) -> dict:
     import pyarrow.parquet as pq
 
     from artifacts import model_artifact, storage
-    from artifacts.catalogue import list_catalogue
+    from artifacts.catalogue_listing import list_catalogue
     from artifacts.preprocess import ImageDecodeError, preprocess_bytes
 
     loaded = model_artifact.load(model_uri)
@@ -97,7 +97,8 @@ def edit_one_percent(catalogue: Path, share: float, seed: int = 0) -> int:
     import pyarrow.parquet as pq
     from PIL import Image, ImageOps
 
-    from artifacts.catalogue import content_sha256, write_manifest
+    from artifacts.catalogue import content_sha256
+    from artifacts.catalogue_manifest import write_manifest
 
     manifest = pq.read_table(catalogue / "manifest.parquet")
     rows = manifest.to_pylist()
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.limit:
             import pyarrow.parquet as pq
 
-            from artifacts.catalogue import write_manifest
+            from artifacts.catalogue_manifest import write_manifest
 
             write_manifest(pq.read_table(cat / "manifest.parquet").slice(0, args.limit), str(cat / "manifest.parquet"))
         me = [sys.executable, str(Path(__file__).resolve())]

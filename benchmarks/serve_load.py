@@ -147,7 +147,7 @@ def free_port() -> int:
 def query_images(storage_root: str, n: int, seed: int = 0) -> list[bytes]:
     """``n`` real catalogue PNGs, a random sample across all categories."""
     from artifacts import storage
-    from artifacts.catalogue import list_catalogue
+    from artifacts.catalogue_listing import list_catalogue
 
     items = list_catalogue(storage.join(storage_root, "catalogues", "fashion-mnist-train")).select(
         ["image_uri"]).column(0).to_pylist()

@@ -43,20 +43,20 @@ def read_verified(batch, *, io_threads: int = 16):
 
 
 def _read_through_outages(uris: list[str], io_threads: int, waits=(1, 2, 4, 8, 15)) -> list:
-    """``catalogue.read_many``, with the reads that failed because storage was unreachable tried
+    """``image_bytes.read_many``, with the reads that failed because storage was unreachable tried
     again (30 s in all): an outage must not turn good items into failed rows of a published run.
     Still unreachable after that: raise, so the run fails and publishes nothing."""
     import time
 
-    from artifacts import catalogue, storage
+    from artifacts import image_bytes, storage
 
-    out = catalogue.read_many(uris, threads=io_threads)
+    out = image_bytes.read_many(uris, threads=io_threads)
     for wait in waits:
         again = [i for i, d in enumerate(out) if isinstance(d, Exception) and storage.is_transient(d)]
         if not again:
             return out
         time.sleep(wait)
-        for i, d in zip(again, catalogue.read_many([uris[i] for i in again], threads=io_threads)):
+        for i, d in zip(again, image_bytes.read_many([uris[i] for i in again], threads=io_threads)):
             out[i] = d
     still = [d for d in out if isinstance(d, Exception) and storage.is_transient(d)]
     if still:

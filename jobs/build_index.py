@@ -135,8 +135,8 @@ def read_embeddings(run_uri: str, max_items: int = 0) -> tuple[list[str], list[s
 
 def catalogue_roots_of(run_manifest) -> tuple[str, ...]:
     """The catalogue roots of an embeddings run: its catalogue's own root plus the
-    ``allowed_image_prefixes`` it ran with (:func:`artifacts.catalogue.catalogue_roots`)."""
-    from artifacts.catalogue import catalogue_roots
+    ``allowed_image_prefixes`` it ran with (:func:`artifacts.image_roots.catalogue_roots`)."""
+    from artifacts.image_roots import catalogue_roots
 
     recorded = (run_manifest.config or {}).get("catalogue_roots")
     if recorded:  # absolute, as the job saw them (older runs: derived below)

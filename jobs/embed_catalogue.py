@@ -161,7 +161,8 @@ def run(config: EmbedConfig) -> EmbedResult:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from artifacts import catalogue, embeddings, model_artifact, publish, storage
+    from artifacts import (catalogue, catalogue_listing, embeddings, image_bytes, image_roots, model_artifact, publish,
+                           storage)
     from artifacts.configuration import to_dict
     from artifacts.model_card import CARD_FILE
 
@@ -192,8 +193,8 @@ def run(config: EmbedConfig) -> EmbedResult:
         log.warning("removing %s: an earlier attempt of run %s did not finish (no manifest)", run_uri, run_id)
         storage.delete_dir(run_uri)
 
-    listed = catalogue.list_catalogue(config.catalogue, allowed_prefixes=config.allowed_image_prefixes,
-                                      keep_refused=True, category_level=config.category_level)
+    listed = catalogue_listing.list_catalogue(config.catalogue, allowed_prefixes=config.allowed_image_prefixes,
+                                              keep_refused=True, category_level=config.category_level)
     if catalogue.SUB_CATEGORY not in listed.column_names:
         listed = listed.append_column(catalogue.SUB_CATEGORY, pa.nulls(listed.num_rows, pa.string()))
     elif not pa.types.is_string(listed.schema.field(catalogue.SUB_CATEGORY).type):
@@ -204,7 +205,7 @@ def run(config: EmbedConfig) -> EmbedResult:
         listed = listed.slice(0, config.limit)
     total = listed.num_rows
     items, refused = _split_refused(listed)
-    roots = catalogue.catalogue_roots(config.catalogue, config.allowed_image_prefixes)
+    roots = image_roots.catalogue_roots(config.catalogue, config.allowed_image_prefixes)
     if refused.num_rows:
         log.warning("catalogue %s: %d item(s) name images outside the catalogue roots %s; not reading them "
                     "(errors/ has each reason)", config.catalogue, refused.num_rows, list(roots))
@@ -216,7 +217,7 @@ def run(config: EmbedConfig) -> EmbedResult:
         # Without hashes in the catalogue, deciding what changed means reading every image once;
         # cheap next to decoding and inference (sha256 runs at ~1 GB/s).
         t = time.perf_counter()
-        items, failed_early = catalogue.fill_hashes(items, threads=config.io_threads)
+        items, failed_early = image_bytes.fill_hashes(items, threads=config.io_threads)
         timings["hash_s"] = time.perf_counter() - t
     dim = int(card.embedding_dim)
     plan = run_plan.plan(items, previous, listed=listed.column("item_id").combine_chunks())

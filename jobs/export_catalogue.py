@@ -108,7 +108,7 @@ def run(config: ExportConfig) -> ExportResult:
     import numpy as np
     import pyarrow as pa
 
-    from artifacts import catalogue, storage
+    from artifacts import catalogue, catalogue_manifest, storage
     from tune.data import fashion_mnist
 
     if config.dataset not in DATASETS:
@@ -192,7 +192,7 @@ def run(config: ExportConfig) -> ExportResult:
         table = table.replace_schema_metadata({"vitrine.export.style": "photo", "vitrine.export.size": str(config.size),
                                                "vitrine.export.seed": str(config.seed),
                                                "vitrine.export.layout": config.layout})
-    catalogue.write_manifest(table, manifest_uri)
+    catalogue_manifest.write_manifest(table, manifest_uri)
     # Only after the new manifest is in place: files the old one listed and this one does not.
     stale = sorted({r for r, _ in previous.values()} - set(rel))
     for r in stale:

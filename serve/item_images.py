@@ -13,7 +13,7 @@ import logging
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
-from artifacts import catalogue, storage
+from artifacts import catalogue, image_bytes, image_roots, storage
 
 log = logging.getLogger("vitrine.serve")
 STREAM_CHUNK = 256 * 1024
@@ -28,7 +28,7 @@ class ItemImageError(Exception):
 
 async def item_image_response(item_id: str, uri: str, roots: tuple[str, ...]) -> StreamingResponse:
     try:
-        uri = await run_in_threadpool(catalogue.confine, uri, roots)
+        uri = await run_in_threadpool(image_roots.confine, uri, roots)
     except catalogue.CatalogueError as exc:
         log.warning("item %s: not serving its image: %s", item_id, exc)
         raise ItemImageError(404, f"the image of item {item_id!r} is not served") from None
@@ -43,7 +43,7 @@ async def item_image_response(item_id: str, uri: str, roots: tuple[str, ...]) ->
         log.warning("item %s: cannot read its image: %s", item_id, exc)
         raise ItemImageError(404, f"the image of item {item_id!r} is not readable") from None
     # The type of what the bytes decode as, not of the file name.
-    media = await run_in_threadpool(catalogue.image_media_type, head)
+    media = await run_in_threadpool(image_bytes.image_media_type, head)
     if media is None:
         stream.close()
         log.warning("item %s: its file is not a JPEG, PNG, WebP or GIF image; not serving it", item_id)

@@ -2,8 +2,8 @@
 (name, price, product URL, brand, ...), read once per index version by each search replica.
 
 Where from: the catalogue the index's embeddings run names (its manifest's ``catalogue``), read
-as :func:`artifacts.catalogue.read_manifest` reads it, when that catalogue is a manifest (image
-folders carry no metadata). The values are those of the catalogue as it is when the index is
+as :func:`artifacts.catalogue_manifest.read_manifest` reads it, when that catalogue is a manifest
+(image folders carry no metadata). The values are those of the catalogue as it is when the index is
 loaded, which may be newer than the embeddings (a price changed since): metadata follows the
 catalogue, as the embedding job's own category and sub-category columns do.
 
@@ -22,7 +22,7 @@ import re
 
 import pyarrow as pa
 
-from artifacts import catalogue
+from artifacts import catalogue, catalogue_manifest
 
 log = logging.getLogger("vitrine.serve")
 
@@ -100,10 +100,10 @@ class ItemMetadata:
         for ``item_ids`` only when given (a search slot holding some shards)."""
         if not catalogue_uri:
             return cls()
-        manifest = catalogue.find_manifest(catalogue_uri)
+        manifest = catalogue_manifest.find_manifest(catalogue_uri)
         if not manifest:
             return cls()
-        table = catalogue.read_manifest(manifest)
+        table = catalogue_manifest.read_manifest(manifest)
         keep = [f.name for f in table.schema if eligible_column(f.name, f.type)][:MAX_COLUMNS]
         left = [c for c in table.column_names if c not in _SKIPPED and c not in keep]
         if left:

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from artifacts import catalogue, storage
-from artifacts.catalogue import CatalogueError, list_catalogue
+from artifacts import catalogue, catalogue_manifest, image_bytes, image_roots, storage
+from artifacts.catalogue import CatalogueError
+from artifacts.catalogue_listing import list_catalogue
 from jobs import cli, export_catalogue
 from jobs.export_catalogue import ExportConfig, category_slug
 from tune.data import fashion_mnist
@@ -54,7 +55,7 @@ def test_image_folders_are_listed_sorted_with_folder_categories(tmp_path):
     assert t.column("content_sha256").null_count == 3
     assert t.schema.metadata[b"vitrine.kind"] == b"folders"
     # hashes on demand, equal to sha256 of the bytes
-    filled, failed = catalogue.fill_hashes(t)
+    filled, failed = image_bytes.fill_hashes(t)
     assert not failed
     assert filled.column("content_sha256").to_pylist() == [
         catalogue.content_sha256(files[r]) for r in ("bag/b-1.png", "dress/d-1.png", "dress/d-2.jpg")]
@@ -132,16 +133,17 @@ def test_manifest_uris_resolve_the_same_in_bulk_as_row_by_row(base):
     # The bulk path takes plain relative paths; anything else falls back to the row-by-row rules.
     plain = ["a/b.png", "a.png", "a/.hidden.png", "x/..png", "é/ü.png", "..x/y.png"]
     odd = ["./a.png", "a/../b.png", "a//b.png", "a/b/", "s3://bucket/x.png", "file:///x.png", "c:x.png", "d/./f.png"]
-    expected = [catalogue._resolve_image_uri(base, u) for u in plain]
-    assert catalogue._resolve_image_uris(base, pa.chunked_array([plain])).to_pylist() == expected
+    expected = [catalogue_manifest._resolve_image_uri(base, u) for u in plain]
+    assert catalogue_manifest._resolve_image_uris(base, pa.chunked_array([plain])).to_pylist() == expected
     for u in odd:
         try:
-            want = catalogue._resolve_image_uri(base, u)
+            want = catalogue_manifest._resolve_image_uri(base, u)
         except CatalogueError:
             with pytest.raises(CatalogueError):
-                catalogue._resolve_image_uris(base, pa.chunked_array([plain + [u]]))
+                catalogue_manifest._resolve_image_uris(base, pa.chunked_array([plain + [u]]))
             continue
-        assert catalogue._resolve_image_uris(base, pa.chunked_array([plain + [u]])).to_pylist() == expected + [want]
+        got = catalogue_manifest._resolve_image_uris(base, pa.chunked_array([plain + [u]])).to_pylist()
+        assert got == expected + [want]
 
 
 def test_manifest_problems_are_reported_clearly(tmp_path):
@@ -173,7 +175,7 @@ def test_manifest_problems_are_reported_clearly(tmp_path):
 
 def test_read_many_reports_failures_in_place(tmp_path):
     (tmp_path / "a.png").write_bytes(b"A")
-    out = catalogue.read_many([str(tmp_path / "a.png"), str(tmp_path / "missing.png")])
+    out = image_bytes.read_many([str(tmp_path / "a.png"), str(tmp_path / "missing.png")])
     assert out[0] == b"A" and isinstance(out[1], FileNotFoundError)
 
 
@@ -184,7 +186,7 @@ def test_folder_and_manifest_sources_on_s3(s3_bucket, tmp_path):
     t = list_catalogue(prefix)
     assert t.column("item_id").to_pylist() == ["b-1", "d-1", "d-2"]
     assert t.column("image_uri").to_pylist()[0] == f"{prefix}/bag/b-1.png"
-    filled, _ = catalogue.fill_hashes(t, threads=4)
+    filled, _ = image_bytes.fill_hashes(t, threads=4)
     assert filled.column("content_sha256").to_pylist()[1] == catalogue.content_sha256(files["dress/d-1.png"])
 
     rows = [{"item_id": "d-1", "image_uri": "shop/./dress/d-1.png", "category": "Dress"},
@@ -194,7 +196,7 @@ def test_folder_and_manifest_sources_on_s3(s3_bucket, tmp_path):
     storage.write_bytes(storage.join(s3_bucket, "catalogues", "manifest.parquet"), buf.getvalue())
     t = list_catalogue(storage.join(s3_bucket, "catalogues") + "/")
     assert t.column("image_uri").to_pylist() == [f"{prefix}/dress/d-1.png", f"{prefix}/bag/b-1.png"]
-    assert catalogue.read_many(t.column("image_uri").to_pylist(), threads=2) == [files["dress/d-1.png"],
+    assert image_bytes.read_many(t.column("image_uri").to_pylist(), threads=2) == [files["dress/d-1.png"],
                                                                                  files["bag/b-1.png"]]
     # '..' is refused as written (issue 11), even where it would resolve back into the catalogue;
     # an absolute local path in a manifest on object storage too; each row with its reason.
@@ -263,7 +265,7 @@ def test_export_to_s3_through_the_cli(s3_bucket, tiny_fashion_mnist, capsys):
     assert printed["items"] == 12 and printed["manifest_uri"] == f"{out}/manifest.parquet"
     t = list_catalogue(out)
     assert t.num_rows == 12 and t.column("image_uri").to_pylist()[0].startswith(out + "/")
-    raw = catalogue.read_many(t.column("image_uri").to_pylist()[:3], threads=3)
+    raw = image_bytes.read_many(t.column("image_uri").to_pylist()[:3], threads=3)
     assert [catalogue.content_sha256(r) for r in raw] == t.column("content_sha256").to_pylist()[:3]
     with pytest.raises(ValueError, match="unknown split"):
         export_catalogue.run(ExportConfig(split="validation", out=out, data=str(tiny_fashion_mnist)))
@@ -272,7 +274,7 @@ def test_export_to_s3_through_the_cli(s3_bucket, tiny_fashion_mnist, capsys):
 # --- confinement of image URIs (issue 11 item 1) ---
 
 def test_confine_refuses_outside_uris_with_reasons(tmp_path):
-    from artifacts.catalogue import CatalogueError, confine
+    from artifacts.image_roots import confine
 
     root = tmp_path / "cat"
     root.mkdir()
@@ -338,7 +340,7 @@ def test_hostile_manifest_rows_are_refused_with_reasons_and_the_rest_kept(tmp_pa
     assert reasons["link"] is None and reasons["dirlink"] is None and reasons["sibling"] is not None
     assert reasons["dotdot"] is not None  # '..' stays refused whatever it would resolve to
     with pytest.raises(CatalogueError, match="without '..'"):
-        catalogue.catalogue_roots(str(cat), ("file:///etc",))
+        image_roots.catalogue_roots(str(cat), ("file:///etc",))
 
 
 def test_a_folder_catalogue_refuses_a_symlink_out_of_its_root(tmp_path):
@@ -360,10 +362,10 @@ def test_bulk_refusals_decide_as_confine_does(tmp_path):
     uris = [f"{root}/a/b.png", f"{root}/a/l.png", f"{root}/./a/b.png", f"{root}//a/b.png", f"{root}/a/../b.png",
             f"FILE://{root}/a.png", "s3://imgs/x/b.png", "s3://imgs/xy/b.png", "s3://imgs//x/b.png", "S3://imgs/x/b.png",
             "s3://imgs/x/%2e%2e/y.png", "rel.png", "/", str(root), f"{tmp_path}/cat-2/a.png", "s3a://imgs/x/b.png"]
-    got = catalogue.refusals(pa.chunked_array([uris]), roots).to_pylist()
+    got = image_roots.refusals(pa.chunked_array([uris]), roots).to_pylist()
     for uri, reason in zip(uris, got):
         try:
-            catalogue.confine(uri, roots)
+            image_roots.confine(uri, roots)
             accepted = True
         except CatalogueError:
             accepted = False

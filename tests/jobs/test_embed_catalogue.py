@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from artifacts import catalogue, embeddings, model_artifact, publish, storage
+from artifacts import (catalogue, catalogue_listing, catalogue_manifest, embeddings, image_bytes, model_artifact,
+                       publish, storage)
 from artifacts.preprocess import PreprocessSpec
 from jobs import cli, embed_catalogue
 from jobs.embed_catalogue import EmbedConfig, EmbedFailedError, run
@@ -162,7 +163,7 @@ def test_a_crashed_run_is_invisible_and_the_same_run_id_completes_it(tmp_path, t
     # A new category for the same bytes: carried over (no inference), with the catalogue's category.
     manifest = pq.read_table(cat / "manifest.parquet").to_pylist()
     manifest[0]["category"] = "Renamed"
-    catalogue.write_manifest(pa.Table.from_pylist(manifest), str(cat / "manifest.parquet"))
+    catalogue_manifest.write_manifest(pa.Table.from_pylist(manifest), str(cat / "manifest.parquet"))
     renamed = run(dataclasses.replace(config, run_id="run-c"))
     assert renamed.counts["unchanged"] == 20 and renamed.counts["embedded"] == 0
     before, after = by_id(embeddings.read_table(redone.run_uri)), by_id(embeddings.read_table(runs))
@@ -231,7 +232,7 @@ def test_folder_catalogue_model_and_embeddings_on_s3(s3_bucket, ray_local, tmp_p
         publish.latest_id(runs)
     publish.publish(runs, first.run_id, manifest_name=embeddings.MANIFEST)
     t = embeddings.read_table(runs)
-    listing = catalogue.list_catalogue(cat)
+    listing = catalogue_listing.list_catalogue(cat)
     expected = dict(zip(listing.column("item_id").to_pylist(), listing.column("image_uri").to_pylist()))
     rows = by_id(t)
     assert rows.keys() == expected.keys()
@@ -347,15 +348,15 @@ def test_images_outside_the_catalogue_roots_become_errors_unread_carried_rows_in
                "h-abs": str(secret)}
     for item_id, uri in hostile.items():
         rows.append({**rows[0], "item_id": item_id, "image_uri": uri, "content_sha256": sha})
-    catalogue.write_manifest(pa.Table.from_pylist(rows, schema=manifest.schema), str(cat / "manifest.parquet"))
+    catalogue_manifest.write_manifest(pa.Table.from_pylist(rows, schema=manifest.schema), str(cat / "manifest.parquet"))
     read: list[str] = []
-    real_read_many = catalogue.read_many
+    real_read_many = image_bytes.read_many
 
     def spy_read_many(uris, **kw):
         read.extend(uris)
         return real_read_many(uris, **kw)
 
-    monkeypatch.setattr(catalogue, "read_many", spy_read_many)
+    monkeypatch.setattr(image_bytes, "read_many", spy_read_many)
     root = str(tmp_path / "store")
     config = EmbedConfig(catalogue=str(cat), model=models_dir, out=root, max_failure_share=0.5)
 
@@ -383,7 +384,7 @@ def test_images_outside_the_catalogue_roots_become_errors_unread_carried_rows_in
     (cat / "other.png").write_bytes(mirrored_png((cat / lying["image_uri"]).read_bytes()))
     lying["image_uri"] = "other.png"  # content_sha256 left as it was: a lie
     escaping["image_uri"] = "file:///etc/passwd"
-    catalogue.write_manifest(pa.Table.from_pylist(rows, schema=manifest.schema), str(cat / "manifest.parquet"))
+    catalogue_manifest.write_manifest(pa.Table.from_pylist(rows, schema=manifest.schema), str(cat / "manifest.parquet"))
     read.clear()
 
     second = run(dataclasses.replace(config, run_id="run-2"))

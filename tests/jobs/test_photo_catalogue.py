@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from artifacts import catalogue
-from artifacts.catalogue import CatalogueError, list_catalogue
+from artifacts.catalogue import CatalogueError
+from artifacts.catalogue_listing import list_catalogue
 from artifacts.photo_style import BACKGROUND_KINDS, photo_jpeg
 from jobs import cli, export_catalogue
 from jobs.export_catalogue import ExportConfig, category_slug

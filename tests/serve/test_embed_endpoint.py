@@ -26,7 +26,7 @@ def form(files: list[tuple[str, bytes]]) -> tuple[bytes, dict]:
 
 
 def catalogue_rows(root: str, n: int) -> pa.Table:
-    from artifacts.catalogue import list_catalogue
+    from artifacts.catalogue_listing import list_catalogue
 
     return list_catalogue(storage.join(root, "catalogue")).slice(0, n).select(
         ["item_id", "image_uri", "category", "content_sha256"])
@@ -104,7 +104,9 @@ def test_embed_needs_an_api_key_with_its_scope(app_url, serving_store):
 
 def test_a_small_increment_goes_through_the_service_and_matches_the_job(app_url, serving_store, tmp_path,
                                                                         monkeypatch, caplog):
-    from artifacts.catalogue import content_sha256, list_catalogue, write_manifest
+    from artifacts.catalogue import content_sha256
+    from artifacts.catalogue_listing import list_catalogue
+    from artifacts.catalogue_manifest import write_manifest
 
     monkeypatch.setenv("VITRINE_API_KEY", EMBED_KEY)  # what the Secret gives the nightly job
 

@@ -5,7 +5,7 @@
 import numpy as np
 import pytest
 
-from artifacts import catalogue, model_artifact, photo_style, storage
+from artifacts import catalogue_listing, model_artifact, photo_style, storage
 from jobs.build_index import BuildIndexConfig
 from jobs.build_index import run as build_index
 from jobs.embed_catalogue import EmbedConfig
@@ -67,7 +67,7 @@ def test_search_with_a_128px_jpeg_answers_with_the_rgb_model(rgb_store, deploy_a
     assert info["items"] == 200 and info["classes"] == list(fashion_mnist.CLASS_NAMES)
     assert set(info["categories"]) == set(fashion_mnist.CLASS_NAMES)
 
-    items = catalogue.list_catalogue(rgb_store["catalogue"]).to_pylist()
+    items = catalogue_listing.list_catalogue(rgb_store["catalogue"]).to_pylist()
     catalogue_ids = {r["item_id"] for r in items}
     # A catalogue photo finds itself first: serving decodes and embeds it exactly as the embedding job did.
     own = storage.read_bytes(items[1]["image_uri"])

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from artifacts import storage
+from artifacts.catalogue import CATEGORY_LEVELS, IMAGE_EXTENSIONS
 from artifacts.preprocess import ImageDecodeError, PreprocessSpec, preprocess_bytes
 
 log = logging.getLogger("vitrine.data")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -39,7 +38,7 @@ class ImageFolder:
 def list_image_folder(root: str, category_level: int = 1) -> list[tuple[str, str, str, str | None]]:
     """``(category, item_id, uri, sub_category)`` for every image file, categories sorted by name;
     ``category_level`` 2 reads ``<category>/<sub-category>/<image>`` (sub_category None at 1)."""
-    if category_level not in (1, 2):
+    if category_level not in CATEGORY_LEVELS:
         raise ValueError(f"category_level {category_level!r}: valid are 1 (<category>/<image>) and 2 "
                          f"(<category>/<sub-category>/<image>)")
     entries = []
@@ -65,12 +64,12 @@ def _manifest_names(root: str, entries: list) -> tuple[list, list[str]]:
     index say ``T-shirt/top``: a model trained on the folders must answer with the names search
     filters by. Classes follow the manifest's ``label`` column when it numbers each category once
     (Fashion-MNIST's order for an exported catalogue), else they are sorted by name."""
-    from artifacts import catalogue
+    from artifacts import catalogue_manifest
 
-    manifest = catalogue.find_manifest(root) if entries else None
+    manifest = catalogue_manifest.find_manifest(root) if entries else None
     if manifest is None:
         return entries, sorted({e[0] for e in entries})
-    rows = catalogue.read_manifest(manifest).to_pylist()
+    rows = catalogue_manifest.read_manifest(manifest).to_pylist()
     named = {r["item_id"]: r["category"] for r in rows if r.get("category")}
     entries = [(named.get(item_id, category), item_id, uri, sub) for category, item_id, uri, sub in entries]
     present = {e[0] for e in entries}
