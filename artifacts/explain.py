@@ -78,7 +78,7 @@ def last_conv_layer(model):
     found = [(p, l) for p, l in _convolutions(model) if min(l.output.shape[1:3]) >= MIN_SIDE]
     if not found:
         raise ValueError(f"model {model.name} has no convolution with a map of at least {MIN_SIDE}x{MIN_SIDE} "
-                         "pixels: Grad-CAM needs one (use --method saliency)")
+                         "pixels: Grad-CAM needs one (the saliency method does not)")
     path, layer = found[-1]
     owner = path[-1] if path else model
     order = list(owner.layers)
@@ -123,9 +123,14 @@ class Explainer:
 
         self.card, self.uri = card, uri  # the artifact's, when loaded from one (load_explainer)
         self.shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-        path, layer = last_conv_layer(model)
-        self.layer = "/".join([*(m.name for m in path), layer.name])
-        features = _feature_model(model, path, layer)
+        try:
+            path, layer = last_conv_layer(model)
+        except ValueError as exc:  # saliency still works; Grad-CAM says why not when asked
+            self.layer, self._no_gradcam = "", str(exc)
+            features = lambda x, training=False: (x, model(x, training=training))  # noqa: E731
+        else:
+            self.layer, self._no_gradcam = "/".join([*(m.name for m in path), layer.name]), ""
+            features = _feature_model(model, path, layer)
 
         def grads(x, target):
             with tf.GradientTape(persistent=True) as tape:
@@ -153,6 +158,8 @@ class Explainer:
 
         if method not in METHODS:
             raise ValueError(f"unknown explanation method {method!r}; use one of {', '.join(METHODS)}")
+        if method == "gradcam" and self._no_gradcam:
+            raise ValueError(self._no_gradcam)
         x = np.asarray(x, np.float32)
         if x.ndim == len(self.shape):
             x = x[None]

@@ -41,6 +41,8 @@ class Classifier:
         configure_tensorflow(self.threads)
         self.models_uri = model_artifact.models_root(storage_root)
         self.models: VersionCache = VersionCache(self._load, keep=keep, what="model")
+        # Built on the first POST /v1/explain of a version: replicas that never explain never load it.
+        self.explainers: VersionCache = VersionCache(self._load_explainer, keep=keep, what="explainer")
 
     def reconfigure(self, config: dict) -> None:
         """``user_config``: batching knobs, changeable without restarting replicas."""
@@ -55,6 +57,25 @@ class Classifier:
         runner = ModelRunner(publish.artifact_uri(self.models_uri, model_id))
         log.info("classifier replica loaded model %s (dim %d, %d TF threads)", model_id, runner.dim, self.threads)
         return runner
+
+    def _load_explainer(self, model_id: str):
+        from artifacts.explain import load_explainer
+
+        return load_explainer(publish.artifact_uri(self.models_uri, model_id))
+
+    async def explain(self, pixels: np.ndarray, model_id: str, method: str) -> dict:
+        """One preprocessed image → ``{"heatmap" (the input's height x width, in [0, 1]),
+        "class_index", "probabilities", "layer"}`` for the predicted class (artifacts/explain.py),
+        or ``{"error", "status"}``: 422 when the model cannot be explained so, 503 when it cannot load."""
+        try:
+            explainer = await self.explainers.get(model_id)
+        except Exception as exc:
+            return {"error": f"model {model_id} unavailable for explanations: {exc}", "status": 503}
+        try:
+            e = (await asyncio.to_thread(explainer.explain, pixels, method))[0]
+        except ValueError as exc:
+            return {"error": f"cannot explain with {method}: {exc}", "status": 422}
+        return {"heatmap": e.heatmap, "class_index": e.class_index, "probabilities": e.probabilities, "layer": e.layer}
 
     async def warm(self, model_id: str) -> dict:
         runner = await self.models.get(model_id)

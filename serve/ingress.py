@@ -38,6 +38,7 @@ from . import cors, schemas, versions
 from .args import AppArgs
 from .auth import ApiKeys, AuthError
 from .errors import ApiError, error_response, install_error_handlers
+from .explanations import EXPLAIN_METHOD, explain_upload
 from .fanout import SearchSlots, call
 from .image_batch import preprocess_batch
 from .item_images import ItemImageError, item_image_response
@@ -243,6 +244,20 @@ class Ingress:
             return {"model_id": v.model_id, "predicted": classes[0]["name"], "classes": classes,
                     "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
         return await self._handle("classify", request, work)
+
+    @app.post("/v1/explain", response_model=schemas.ExplainResponse, responses=SEARCH_ERRORS,
+              openapi_extra=schemas.image_body(), summary="Why this class: a heatmap of one image")
+    async def explain(self, request: Request, method: EXPLAIN_METHOD = "gradcam") -> Response:
+        """The predicted class of one image and where its evidence lies (serve/explanations.py)."""
+        async def work():
+            t0 = time.perf_counter()
+            self._authorize(request, "search")
+            v = await self.watch.serving()
+            data = await run_in_threadpool(image_from_body, await self._body(request),
+                                           request.headers.get("content-type", ""))
+            out = await explain_upload(self.classifier, data, v, method, self.args.max_pixels, self._classes)
+            return {**out, "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        return await self._handle("explain", request, work)
 
     @app.post("/v1/search", response_model=schemas.SearchResponse, responses=SEARCH_ERRORS,
               openapi_extra=schemas.image_body(), summary="Catalogue items that look like one image")

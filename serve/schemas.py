@@ -82,6 +82,23 @@ class ClassifyResponse(_Out):
     took_ms: float
 
 
+class ExplainResponse(_Out):
+    model_id: str
+    predicted: str = Field(description="The class explained: the predicted one.")
+    probability: float = Field(ge=0, le=1)
+    classes: list[ClassScore]
+    method: str = Field(description="`gradcam` (the last convolutional layer) or `saliency` (input gradients).")
+    layer: str = Field(description="The layer Grad-CAM read (nested models joined by /), `input` for saliency.")
+    heatmap_shape: list[int] = Field(description="[height, width] of the heatmap: the model input's.")
+    heatmap_png: str = Field(description="The heatmap itself, base64 8-bit grayscale PNG of heatmap_shape "
+                                         "(255 = where the class's evidence is strongest).")
+    overlay_png: str = Field(description="base64 PNG: the heatmap's colours over the upload, where the model looked.")
+    overlay_size: list[int] = Field(description="[width, height] of the overlay: the upload's, longer side at most 512.")
+    input_box: list[float] = Field(description="[y0, y1, x0, x1] in the upload's pixels: the region the model input "
+                                               "was made from (the preprocessing's crop).")
+    took_ms: float
+
+
 class EmbedItem(_Out):
     key: str
     embedding: list[float] | None = None

@@ -98,6 +98,72 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(app_url):
     assert r.status == 405 and r.json()["status"] == 405 and "POST" in r.headers.get("allow", r.headers.get("Allow", ""))
 
 
+def _decode_png(b64: str) -> Image.Image:
+    import base64
+
+    img = Image.open(io.BytesIO(base64.b64decode(b64)))
+    assert img.format == "PNG"
+    return img
+
+
+def test_explain_answers_the_class_and_a_heatmap_of_the_upload(app_url, sample):
+    from serve.schemas import ExplainResponse
+
+    _, image = sample
+    classified = http(app_url + "/v1/classify", image).json()
+    r = http(app_url + "/v1/explain", image, headers={"Content-Type": "image/png"})
+    assert r.status == 200, r.body
+    out = ExplainResponse.model_validate(r.json()).model_dump()
+    assert out["model_id"] == "cnn-serve-a" and out["method"] == "gradcam" and out["layer"] == "conv2"
+    assert out["predicted"] == classified["predicted"] == out["classes"][0]["name"]
+    assert out["probability"] == pytest.approx(classified["classes"][0]["probability"], abs=1e-5)
+    heat = np.asarray(_decode_png(out["heatmap_png"]))
+    assert out["heatmap_shape"] == [28, 28] and heat.shape == (28, 28) and heat.dtype == np.uint8
+    overlay = _decode_png(out["overlay_png"])
+    assert overlay.size == tuple(out["overlay_size"]) == (28, 28) and overlay.mode == "RGB"
+    # A photo-sized upload: the overlay has its size, the heatmap the model input's.
+    photo = Image.open(io.BytesIO(image)).convert("RGB").resize((200, 150))
+    form, ctype = multipart("file", "photo.png", png(photo))
+    r = http(app_url + "/v1/explain?method=saliency", form, headers={"Content-Type": ctype})
+    assert r.status == 200, r.body
+    sal = r.json()
+    assert sal["method"] == "saliency" and sal["layer"] == "input" and sal["heatmap_shape"] == [28, 28]
+    assert _decode_png(sal["overlay_png"]).size == (200, 150) == tuple(sal["overlay_size"])
+
+
+def test_explain_maps_change_with_the_input(app_url):
+    """Saliency of the (untrained) served model: two items of other classes give other maps, and
+    a map is not constant."""
+    samples = http(app_url + "/v1/samples").json()["samples"]
+    first = samples[0]
+    other = next(s for s in samples if s["category"] != first["category"])
+    maps = []
+    for s in (first, other):
+        r = http(app_url + "/v1/explain?method=saliency", http(app_url + s["image_url"]).body)
+        assert r.status == 200, r.body
+        maps.append(np.asarray(_decode_png(r.json()["heatmap_png"]), np.float32) / 255)
+    assert maps[0].std() > 0.05 and maps[0].max() == 1.0
+    assert np.abs(maps[0] - maps[1]).mean() > 0.02
+
+
+@pytest.mark.parametrize("case", ["corrupt", "empty", "bad-method"])
+def test_explain_refuses_bad_input_in_the_error_shape(app_url, sample, case):
+    _, image = sample
+    url, data, expected = app_url + "/v1/explain", image, 400
+    if case == "corrupt":
+        data = image[: len(image) // 2]
+    elif case == "empty":
+        data = b""
+    else:
+        url, expected = url + "?method=lime", 422
+    r = http(url, data, headers={"Content-Type": "image/png"})
+    assert r.status == expected, (case, r.status, r.body)
+    error = r.json()
+    assert set(error) == {"error", "status"} and error["status"] == expected and len(error["error"]) > 10
+    if case == "bad-method":
+        assert "method" in error["error"]
+
+
 def _post_chunked(url: str, chunks) -> tuple[int, bytes]:
     u = urlparse(url)
     conn = http_client.HTTPConnection(u.hostname, u.port, timeout=60)
@@ -195,4 +261,5 @@ def test_page_and_openapi(app_url):
     page = http(app_url + "/")
     assert page.status == 200 and "text/html" in page.headers["content-type"] and b"vitrine" in page.body
     spec = http(app_url + "/openapi.json").json()
-    assert {"/v1/search", "/v1/classify", "/v1/info", "/healthz", "/v1/items/{item_id}/image"} <= set(spec["paths"])
+    assert {"/v1/search", "/v1/classify", "/v1/explain", "/v1/info", "/healthz",
+            "/v1/items/{item_id}/image"} <= set(spec["paths"])
