@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from artifacts.index_shards import merge_top_k, slot_of
+from artifacts.index_shards import merge_top_k
+from artifacts.shard_plan import slot_of
 
 from . import versions
 from .errors import ApiError

@@ -1,15 +1,16 @@
-"""Sharded indexes (artifacts/index_shards.py): the shard plan, the merge, and a sharded index
-answering what one index over the same items answers."""
+"""Sharded indexes (artifacts/index_shards.py): the shard plan (artifacts/shard_plan.py), the merge,
+and a sharded index answering what one index over the same items answers."""
 
 import json
 
 import numpy as np
 import pytest
 
-from artifacts import index_shards
+from artifacts import index_shards, shard_plan
 from artifacts.hnsw_index import HnswIndex
 from artifacts.index_manifest import MANIFEST
-from artifacts.index_shards import ShardBudgetError, ShardedIndex, ShardPlan, merge_top_k, plan_shards
+from artifacts.index_shards import ShardBudgetError, ShardedIndex, merge_top_k
+from artifacts.shard_plan import ShardPlan, plan_shards
 
 
 def catalogue(seed: int = 0, dim: int = 16):
@@ -34,8 +35,8 @@ def test_plan_packs_whole_categories_and_splits_a_large_one_by_hash():
     sizes = np.bincount(shard, minlength=plan.shards)
     assert sizes.max() <= 150 and sizes.sum() == len(ids)
     assert set(plan.split) == {"big"} and len(plan.split["big"]) >= 2  # 300 > 150: hash-split
-    for name in ("mid", "small", "tiny", "wee", index_shards.NO_CATEGORY):
-        assert len({s for s, c in zip(shard, cats) if index_shards._key(c) == name}) == 1  # whole
+    for name in ("mid", "small", "tiny", "wee", shard_plan.NO_CATEGORY):
+        assert len({s for s, c in zip(shard, cats) if shard_plan._key(c) == name}) == 1  # whole
     # Packed first fit, largest first: mid (120) + wee (30) fill one shard; small + tiny + none another.
     assert plan.whole["mid"] == plan.whole["wee"] != plan.whole["small"] == plan.whole["tiny"]
     assert plan.shards_for("big") == plan.split["big"] and plan.shards_for(None) == list(range(plan.shards))
@@ -46,13 +47,13 @@ def test_plan_packs_whole_categories_and_splits_a_large_one_by_hash():
 
 def test_the_hash_is_stable_across_processes():
     # A fixed value: Python's hash() of a str changes with every process, this must not.
-    assert index_shards.stable_hash("item-000001") == index_shards.stable_hash("item-000001")
+    assert shard_plan.stable_hash("item-000001") == shard_plan.stable_hash("item-000001")
     import subprocess
     import sys
 
-    code = "from artifacts.index_shards import stable_hash; print(stable_hash('item-000001'))"
+    code = "from artifacts.shard_plan import stable_hash; print(stable_hash('item-000001'))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert int(other) == index_shards.stable_hash("item-000001")
+    assert int(other) == shard_plan.stable_hash("item-000001")
 
 
 def test_merge_keeps_the_best_k_and_the_order_of_ties():
@@ -112,7 +113,7 @@ def test_a_plain_index_reads_as_one_shard_and_budgets_are_enforced(tmp_path):
 
 def test_the_byte_estimate_bounds_the_files_of_a_shard(tmp_path):
     ids, cats, vecs = catalogue(dim=64)
-    per_item = index_shards.estimate_item_bytes(64, 16)
+    per_item = shard_plan.estimate_item_bytes(64, 16)
     sharded = ShardedIndex.build(ids, cats, vecs, max_bytes_per_shard=150 * per_item, exact_below=0, num_threads=1)
     sharded.save(str(tmp_path / "s"), index_id="s", model_id="m")
     for shard in sharded.shard_info:

@@ -11,7 +11,8 @@ import pytest
 from artifacts import publish, storage
 from artifacts.hnsw_index import HnswIndex
 from artifacts.index_manifest import MANIFEST
-from artifacts.index_shards import ShardBudgetError, ShardedIndex, slot_of
+from artifacts.index_shards import ShardBudgetError, ShardedIndex
+from artifacts.shard_plan import slot_of
 from tests.helpers import http
 from tests.helpers import Load, wait_until
 
