@@ -18,8 +18,12 @@ def fixed_width(ids) -> np.ndarray:
     """``ids`` (strings: an Arrow array, a list, a numpy array) as a numpy ``S<width>`` array of
     their UTF-8 bytes, built from Arrow's buffers without a Python object per id. Ids never end
     in NUL bytes (the item-id rule), which numpy's fixed-width bytes would strip."""
-    arr = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(list(ids) if not isinstance(
-        ids, np.ndarray) else ids.astype(str).tolist(), pa.string())
+    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        arr = ids
+    elif isinstance(ids, np.ndarray):
+        arr = pa.array(ids if ids.dtype == object else ids.astype(str), pa.string())
+    else:
+        arr = pa.array(list(ids), pa.string())
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     arr = arr.cast(pa.large_string())
     if arr.null_count:

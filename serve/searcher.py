@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from artifacts import embeddings
+from artifacts.id_lookup import IdLookup
 from artifacts.index_manifest import IndexLoadError, UnknownCategoryError
 from artifacts.index_shards import ShardedIndex
 
@@ -34,35 +35,39 @@ class CatalogueSearcher:
         self.index_id = manifest.index_id
         self.model_id = manifest.model_id
         self.dim = self.index.dim
-        self._image_uri, self._sub_category = self._item_locations(manifest.source_embeddings)
+        # Item id -> row of the image URIs (and sub-categories) of the embeddings run; compact maps
+        # (artifacts/id_lookup.py), since a replica holds them for a million items, twice in a swap.
+        self._locations, self._image_uris, self._sub_categories = self._item_locations(manifest.source_embeddings)
         self.metadata = self._item_metadata(manifest.source_embeddings)
-        self._positions: dict | None = None  # item id -> (shard, row) of live items, built on first use
+        self._positions: dict | None = None  # shard -> IdLookup of its live items' rows, built on first use
         log.info("index %s loaded: %d items, dim %d, %d categories, shard(s) %s of %d (search slot %d of %d), "
                  "%.1f s", self.index_id, len(self.index), self.dim, len(self.index.category_counts()),
                  ",".join(map(str, self.index.shards)) or "none", self.index.plan.shards, slot, slots, time.time() - t0)
 
-    def _item_locations(self, run_uri: str) -> tuple[dict[str, str], dict[str, str]]:
-        """item id → image URI, and item id → sub-category (only items that have one), from the
-        embeddings run the index was built from.
+    def _item_locations(self, run_uri: str):
+        """``(lookup, image URIs, sub-categories or None)``: item id → row of the other two, from
+        the embeddings run the index was built from.
 
-        Only ids in the first map are ever turned into a storage read, so a request cannot name a path.
+        Only ids in the lookup are ever turned into a storage read, so a request cannot name a path.
         """
+        import pyarrow as pa
+
+        empty = (IdLookup([]), pa.array([], pa.string()), None)
         if not run_uri or not len(self.index):
-            return {}, {}
+            return empty
         try:
             table = embeddings.read_table(run_uri, columns=["item_id", "image_uri", "sub_category"])
             if self.index.plan.shards > 1:  # only the items this slot holds: the map grows with the catalogue
-                import pyarrow as pa
                 import pyarrow.compute as pc
 
                 table = table.filter(pc.is_in(table.column("item_id"), value_set=pa.array(self.index.item_ids.astype(str))))
         except Exception as exc:  # images are a convenience; search works without them
             log.warning("index %s: cannot read image locations from %s (%s); item images will 404",
                         self.index_id, run_uri, exc)
-            return {}, {}
-        ids = table.column("item_id").to_pylist()
-        subs = {i: s for i, s in zip(ids, table.column("sub_category").to_pylist()) if s is not None}
-        return dict(zip(ids, table.column("image_uri").to_pylist())), subs
+            return empty
+        subs = table.column("sub_category").combine_chunks()
+        return (IdLookup(table.column("item_id")), table.column("image_uri").combine_chunks(),
+                subs if subs.null_count < len(subs) else None)
 
     def _item_metadata(self, run_uri: str) -> ItemMetadata:
         """The catalogue manifest's extra columns for this slot's items (serve/item_metadata.py)."""
@@ -86,17 +91,15 @@ class CatalogueSearcher:
         if self._positions is None:
             # Tombstoned rows are left out, so a deleted item is unknown; a changed item's
             # live row is the one found (its old row is a tombstone).
-            positions = {}
-            for s, shard in self.index.shards.items():
-                live = shard.live_positions
-                positions.update(zip(shard.item_ids[live].tolist(), ((s, p) for p in live.tolist())))
-            self._positions = positions
-        where = self._positions.get(item_id)
-        if where is None:
-            return None
-        shard = self.index.shards[where[0]]
-        return {"embedding": np.array(shard.vectors[where[1]], np.float32),
-                "category": shard.categories_of(np.array([where[1]]))[0]}
+            self._positions = {s: (shard.live_positions, IdLookup(shard.item_ids[shard.live_positions]))
+                               for s, shard in self.index.shards.items()}
+        for s, (live, lookup) in self._positions.items():
+            row = lookup.get(item_id)
+            if row is not None:
+                shard, pos = self.index.shards[s], int(live[row])
+                return {"embedding": np.array(shard.vectors[pos], np.float32),
+                        "category": shard.categories_of(np.array([pos]))[0]}
+        return None
 
     def search(self, embedding, k: int, category: str | None = None) -> list[dict]:
         """Top-``k`` items for one unit-length embedding, best first; ``category`` None = all."""
@@ -106,11 +109,12 @@ class CatalogueSearcher:
         """:meth:`search` with each hit's unrounded similarity, which the ingress merges the
         answers of several search slots by."""
         hits = self.index.search(np.asarray(embedding, np.float32)[None, :], k=k, category=category)[0]
+        ids = [h.item_id for h in hits]
+        subs = self._sub_categories_of(ids)
         out = []
-        for h, meta in zip(hits, self.metadata.get_many([h.item_id for h in hits])):
+        for h, meta, sub in zip(hits, self.metadata.get_many(ids), subs):
             hit = {"item_id": h.item_id, "category": h.category, "distance": round(h.distance, 6),
                    "similarity": round(100.0 * max(0.0, min(1.0, h.similarity)), 2)}
-            sub = self._sub_category.get(h.item_id)
             if sub is not None:  # nested catalogues only: flat ones keep their response shape
                 hit["sub_category"] = sub
             if meta:  # manifest catalogues with extra columns only
@@ -118,13 +122,20 @@ class CatalogueSearcher:
             out.append((float(h.similarity), hit))
         return out
 
+    def _sub_categories_of(self, ids: list[str]) -> list[str | None]:
+        if self._sub_categories is None:
+            return [None] * len(ids)
+        rows = self._locations.rows(ids)
+        return [None if r < 0 else self._sub_categories[int(r)].as_py() for r in rows]
+
     def image_uri(self, item_id: str) -> str | None:
-        return self._image_uri.get(item_id)
+        row = self._locations.get(item_id)
+        return None if row is None else self._image_uris[row].as_py()
 
     def image_location(self, item_id: str) -> dict | None:
         """``{"uri", "roots"}`` of an item's image: the URI as the index holds it and the catalogue
         roots the index recorded, which the ingress checks the URI against before opening it."""
-        uri = self._image_uri.get(item_id)
+        uri = self.image_uri(item_id)
         return None if uri is None else {"uri": uri, "roots": list(self.index.manifest.catalogue_roots or [])}
 
     def samples(self, per_category: int = 2, seed: int = 0) -> list[dict]:
@@ -135,7 +146,7 @@ class CatalogueSearcher:
             members = self.index.members(name)  # empty where this slot holds none of the category
             for pos in rng.choice(len(members), size=min(per_category, len(members)), replace=False):
                 item = members[pos]
-                if item in self._image_uri:
+                if item in self._locations:
                     out.append({"item_id": item, "category": name})
         return out
 
