@@ -2,6 +2,12 @@
 
 It travels inside the model artifact (``<storage>/models/<model_id>/model_card.json``) and is
 written last, so its presence marks a complete artifact.
+
+A post-training quantized variant (``vitrine quantize``) is a model of its own: a new
+``model_id``, ``runtime: tflite`` (its file is ``model.tflite``) and a ``quantization`` record
+naming the variant and the parent model it was made from (id, URI, sha256 of its model file).
+Such a card says ``format_version: 2``, so code that predates variants refuses it in words
+instead of looking for a ``model.keras`` that is not there; a Keras model's card stays at 1.
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ from .preprocess import PreprocessSpec
 
 CARD_FILE = "model_card.json"
 MODEL_FILE = "model.keras"
-FORMAT_VERSION = 1
+TFLITE_FILE = "model.tflite"
+RUNTIMES = {"keras": MODEL_FILE, "tflite": TFLITE_FILE}  # runtime -> the model file it loads
+FORMAT_VERSION = 2  # the newest this code reads
+KERAS_FORMAT = 1  # what a Keras model's card writes: readers from before variants still take it
+VARIANT_FORMAT = 2  # runtime + quantization
 
 
 @dataclass
@@ -31,11 +41,24 @@ class ModelCard:
     dataset: dict = field(default_factory=dict)
     created_at: str = ""
     framework: dict = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    runtime: str = "keras"  # keras (model.keras) | tflite (model.tflite)
+    # {} for a trained model; for a variant: variant, method, parent_model_id, parent_model_uri,
+    # parent_sha256 and what the quantize job measured against the parent.
+    quantization: dict = field(default_factory=dict)
+    format_version: int = KERAS_FORMAT
 
     @property
     def preprocess_spec(self) -> PreprocessSpec:
         return PreprocessSpec.from_dict(self.preprocessing)
+
+    @property
+    def model_file(self) -> str:
+        return RUNTIMES[self.runtime]
+
+    @property
+    def variant(self) -> str:
+        """``float32`` for a trained model, else its quantization variant (``int8``, ``float16``)."""
+        return str(self.quantization.get("variant", "float32"))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -50,4 +73,6 @@ class ModelCard:
                                "embedding_layer", "embedding_dim") if k not in known]
         if missing:
             raise ValueError(f"model card lacks {', '.join(missing)}")
+        if known.get("runtime", "keras") not in RUNTIMES:
+            raise ValueError(f"model card runtime {known['runtime']!r} is not one of {', '.join(RUNTIMES)}")
         return cls(**known)

@@ -134,19 +134,13 @@ def category_classes(categories: list[str], class_names: list[str]) -> dict[str,
 
 
 # ---------------------------------------------------------------- the job
-def _embed(loaded, images: np.ndarray, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    from artifacts.vector_search import l2_normalise
-    from artifacts.preprocess import arrays_to_model_input
+def _embed(runner, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings and probabilities of uint8 test images through the model's one forward pass
+    (:class:`artifacts.inference.ModelRunner`): the serving path, for a float model or a variant."""
+    from tune.evaluation import runner_outputs
 
-    model = loaded.embedding_model()
-    spec = loaded.card.preprocess_spec
-    embs, probs = [], []
-    for start in range(0, len(images), 4096):
-        x = arrays_to_model_input(images[start:start + 4096], spec)
-        e, p = model.predict(x, batch_size=batch, verbose=0)
-        embs.append(np.asarray(e, np.float32).reshape(len(x), -1))
-        probs.append(np.asarray(p))
-    return l2_normalise(np.concatenate(embs)), np.concatenate(probs)
+    out = runner_outputs(runner, images)
+    return out.embeddings, out.probabilities
 
 
 def exact_metrics(queries: np.ndarray, labels: np.ndarray, predicted: np.ndarray, catalogue: np.ndarray,
@@ -208,14 +202,15 @@ def run(config: EvaluateSearchConfig) -> dict:
     from artifacts import model_artifact, storage
     from artifacts.configuration import to_dict
     from artifacts.hnsw_index import HnswIndex
+    from artifacts.inference import ModelRunner
     from artifacts.vector_search import recall_at_k
     from tune import search_report
     from tune.data import fashion_mnist
 
     t0 = time.time()
     root = config.storage or storage.default_root()
-    loaded = model_artifact.load(config.model or model_artifact.models_root(root))
-    card = loaded.card
+    runner = ModelRunner(config.model or model_artifact.models_root(root))
+    card = runner.card
     index = HnswIndex.load(config.index or storage.join(root, "indexes"), expected_dim=card.embedding_dim)
     manifest = index.manifest
     if manifest.model_id and manifest.model_id != card.model_id and not config.allow_model_mismatch:
@@ -239,7 +234,7 @@ def run(config: EvaluateSearchConfig) -> dict:
     if labels.size and labels.max() >= len(card.class_names):
         raise ValueError(f"test labels go up to {labels.max()} but the model has {len(card.class_names)} classes")
     t_embed = time.time()
-    queries, probs = _embed(loaded, ds.test_images[picks])
+    queries, probs = _embed(runner, ds.test_images[picks])
     predicted = probs.argmax(axis=1).astype(np.int64)
     t_exact = time.time()
     log.info("embedded %d test queries in %.1f s; ranking %d catalogue items exactly", len(picks),
@@ -268,7 +263,7 @@ def run(config: EvaluateSearchConfig) -> dict:
 
     valid = ~np.isnan(ex["ap"])
     result = {
-        "model_id": card.model_id, "model_uri": loaded.uri, "index_id": manifest.index_id,
+        "model_id": card.model_id, "model_uri": runner.uri, "index_id": manifest.index_id,
         "index_uri": getattr(index, "uri", ""), "index_model_id": manifest.model_id, "data_source": ds.source,
         "queries": int(len(picks)), "catalogue_items": int(len(index)), "k": k,
         "classification_accuracy": float((predicted == labels).mean()) if len(picks) else float("nan"),
