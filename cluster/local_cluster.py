@@ -25,7 +25,6 @@ one-machine cluster claims the whole machine. Every process runs with
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -38,12 +37,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .processes import parents, process_tree
+from .processes import cmdline, is_ray_start_of, kill_all, pid_alive, pids_naming, process_tree, wait_gone
 
 # Ray puts Unix sockets under <node temp dir>/session_<date>_<pid>/sockets/ and a socket path must
 # stay under 108 bytes: this much is left for the cluster's temp dir (node dirs add 3 to 4 chars).
 _MAX_TEMP_DIR_CHARS = 32
-STATE_FILE = "state.json"
 
 
 @dataclass(frozen=True)
@@ -142,7 +140,7 @@ class LocalCluster:
             except RuntimeError:
                 # On a loaded machine a raylet can miss `ray start`'s 30 s registration window
                 # (seen on 2 cores); a second start succeeds.
-                _kill_all(process_tree(node.pid), signal.SIGKILL)
+                kill_all(process_tree(node.pid), signal.SIGKILL)
                 self._reap(node.index)
                 self.nodes.pop()
                 if attempt == 2:
@@ -156,7 +154,7 @@ class LocalCluster:
         node = self.nodes[index]
         if not node.alive:
             raise RuntimeError(f"{node.name} is already dead")
-        _kill_all(process_tree(node.pid), signal.SIGKILL)
+        kill_all(process_tree(node.pid), signal.SIGKILL)
         node.alive = False
         self._reap(index)
         return node
@@ -164,16 +162,16 @@ class LocalCluster:
     def stop(self) -> None:
         """Kill every process of this cluster (workers first) and remove its temp dir."""
         for node in reversed(self.nodes):
-            if node.alive or _pid_alive(node.pid):
-                if self._owns_processes or _is_our_ray_start(node.pid, self.temp_dir):
-                    _kill_all(process_tree(node.pid), signal.SIGKILL)
+            if node.alive or pid_alive(node.pid):
+                if self._owns_processes or is_ray_start_of(node.pid, self.temp_dir):
+                    kill_all(process_tree(node.pid), signal.SIGKILL)
                 node.alive = False
             self._reap(node.index)
         if self.temp_dir:
             # Workers whose parent died first were re-parented out of the trees above; they
             # still name our (unique) temp dir in their command lines.
-            _kill_all(_pids_naming(self.temp_dir), signal.SIGKILL)
-            _wait_gone(_pids_naming(self.temp_dir), timeout_s=10)
+            kill_all(pids_naming(self.temp_dir), signal.SIGKILL)
+            wait_gone(pids_naming(self.temp_dir), timeout_s=10)
             if not self.config.keep_temp_dir:
                 import shutil
 
@@ -227,7 +225,7 @@ class LocalCluster:
         cluster.temp_dir = state["temp_dir"]
         cluster.nodes = [LocalNode(**n) for n in state["nodes"]]
         for node in cluster.nodes:
-            node.alive = node.alive and _is_our_ray_start(node.pid, cluster.temp_dir)
+            node.alive = node.alive and is_ray_start_of(node.pid, cluster.temp_dir)
         # Not our children: before killing a pid, check it is still one of this cluster's nodes.
         cluster._owns_processes = False
         return cluster
@@ -283,7 +281,7 @@ class LocalCluster:
             if proc.poll() is not None:
                 raise RuntimeError(f"{node.name} exited with {proc.returncode} while starting:\n{_tail(node.log_path)}")
             for pid in process_tree(node.pid):
-                args = _cmdline(pid)
+                args = cmdline(pid)
                 if args and os.path.basename(args[0]) == "raylet":
                     node_id = next((a.split("=", 1)[1] for a in args if a.startswith("--node_id=")), "")
                     if node_id:
@@ -338,67 +336,13 @@ class LocalCluster:
                 proc.wait(timeout=10)
 
 
-# -- processes (Linux /proc) --------------------------------------------------------------------
+# -- helpers --------------------------------------------------------------------------------------
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
-def _pids_naming(text: str) -> list[int]:
-    me = os.getpid()
-    return [pid for pid in parents() if pid != me and any(text in a for a in _cmdline(pid))]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _is_our_ray_start(pid: int, temp_dir: str) -> bool:
-    """Still the `ray start` of this cluster, not a reused pid."""
-    args = _cmdline(pid)
-    return "start" in args and any(a.startswith(f"--temp-dir={temp_dir}{os.sep}") for a in args)
-
-
-def _kill_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _wait_gone(pids: list[int], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if _pid_alive(p) and not _is_zombie(p)]
-        if not alive:
-            return
-        time.sleep(0.1)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().decode(errors="replace").rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def _tail(path: str, lines: int = 30) -> str:
@@ -408,83 +352,8 @@ def _tail(path: str, lines: int = 30) -> str:
         return "(no log)"
 
 
-# -- CLI ----------------------------------------------------------------------------------------
-
-
-def default_state_dir() -> str:
-    from artifacts import storage
-
-    root = storage.default_root()
-    # The state file names local pids: it belongs on this machine, never in object storage.
-    return os.path.join(".vitrine" if storage.is_remote(root) else root, "local-cluster")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cluster.local_cluster", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=("up", "status", "down"))
-    p.add_argument("--workers", type=int, help="worker nodes (default 2)")
-    p.add_argument("--head-cpus", type=int, help="logical CPUs of the head (default 1)")
-    p.add_argument("--worker-cpus", type=int, help="logical CPUs of each worker (default 1)")
-    p.add_argument("--memory-mb", type=int, help="Ray's logical memory per node (default 2048)")
-    p.add_argument("--object-store-mb", type=int, help="object store per node (default 256)")
-    p.add_argument("--state-dir", help="where `up` records the cluster's pids "
-                                       "(default <storage root>/local-cluster, i.e. .vitrine/local-cluster)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    from artifacts.configuration import load_config
-
-    args = build_parser().parse_args(argv)
-    state_path = Path(args.state_dir or default_state_dir()) / STATE_FILE
-    if args.action == "up":
-        if state_path.exists() and _any_alive(json.loads(state_path.read_text())):
-            print(f"a local cluster is already up ({state_path}); `python -m cluster.local_cluster down` first",
-                  file=sys.stderr)
-            return 1
-        config = load_config(LocalClusterConfig, values={
-            "workers": args.workers, "head_cpus": args.head_cpus, "worker_cpus": args.worker_cpus,
-            "memory_mb": args.memory_mb, "object_store_mb": args.object_store_mb})
-        cluster = LocalCluster(config).start()
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        state_path.write_text(json.dumps(cluster.to_state(), indent=2))
-        _print_status(cluster)
-        print(f"\nsubmit jobs:  vitrine submit --address {cluster.dashboard_url} models --json")
-        print(f"drivers:      RAY_ADDRESS={cluster.address} RAY_AUTH_MODE=disabled python ...")
-        print("stop it:      python -m cluster.local_cluster down")
-        return 0
-    if not state_path.exists():
-        print(f"no local cluster recorded in {state_path}", file=sys.stderr)
-        return 1
-    cluster = LocalCluster.from_state(json.loads(state_path.read_text()))
-    if args.action == "status":
-        _print_status(cluster)
-        return 0
-    cluster.stop()
-    state_path.unlink()
-    print(f"stopped the local cluster ({len(cluster.nodes)} nodes)")
-    return 0
-
-
-def _any_alive(state: dict) -> bool:
-    return any(_is_our_ray_start(n["pid"], state["temp_dir"]) for n in state["nodes"])
-
-
-def _print_status(cluster: LocalCluster) -> None:
-    try:
-        states = cluster.node_states()
-    except Exception as exc:
-        states = {}
-        print(f"(dashboard not answering: {type(exc).__name__})")
-    print(f"dashboard / Jobs API: {cluster.dashboard_url}")
-    print(f"GCS address:          {cluster.address}")
-    print(f"logs:                 {cluster.temp_dir}")
-    for n in cluster.nodes:
-        state = states.get(n.node_id, "?" if n.alive else "DEAD")
-        print(f"  {n.name:<9} pid {n.pid:<7} node {n.node_id[:12] or '?':<12} cpus {n.num_cpus} "
-              f"{json.dumps(n.resources) if n.resources else '':<40} {state}")
-
-
 if __name__ == "__main__":
+    # `python -m cluster.local_cluster up|status|down`: the command line is cluster/local_cluster_cli.py.
+    from cluster.local_cluster_cli import main
+
     sys.exit(main())

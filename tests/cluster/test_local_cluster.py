@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from cluster.local_cluster import _pids_naming
+from cluster.processes import pids_naming
 
 pytestmark = pytest.mark.slow
 
@@ -41,12 +41,12 @@ def test_cli_down_stops_its_cluster_and_leaves_other_clusters_running(local_clus
     assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
     state = json.loads((state_dir / "state.json").read_text())
     assert [n["name"] for n in state["nodes"]] == ["head", "worker-1"]
-    assert _pids_naming(state["temp_dir"])  # its processes outlive the `up` command
+    assert pids_naming(state["temp_dir"])  # its processes outlive the `up` command
 
     down = subprocess.run([*cli, "down", "--state-dir", str(state_dir)], env=env, check=False,
                           capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
-    assert not _pids_naming(state["temp_dir"]) and not os.path.exists(state["temp_dir"])
+    assert not pids_naming(state["temp_dir"]) and not os.path.exists(state["temp_dir"])
     assert not (state_dir / "state.json").exists()
     # The session's cluster, on the same machine, is untouched.
     states = local_cluster.node_states()
