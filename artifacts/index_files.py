@@ -63,6 +63,7 @@ def save(index: "HnswIndex", uri: str, *, index_id: str = "", model_id: str = ""
     index.manifest = manifest
     return manifest
 
+
 def load(cls: type["HnswIndex"], uri: str, *, expected_dim: int | None = None, num_threads: int = 0) -> "HnswIndex":
     """Load an index directory, or the ``LATEST`` one under an ``indexes/`` directory.
 
@@ -72,78 +73,107 @@ def load(cls: type["HnswIndex"], uri: str, *, expected_dim: int | None = None, n
     touches. A remote index's temporary copy is removed after loading; the mapping keeps the
     unlinked file readable (POSIX) until the index is dropped.
     """
-    import hnswlib
     import pyarrow.parquet as pq
 
-    try:
-        uri = publish.resolve(uri, manifest_name=MANIFEST)
-    except publish.NotPublishedError as exc:
-        raise IndexLoadError(f"no index at {uri}: {exc}") from None
-    manifest = IndexManifest.from_json(storage.read_text(storage.join(uri, MANIFEST)))
+    uri, manifest = _resolve_manifest(uri)
     dim, n = int(manifest.embedding_dim), int(manifest.counts.get("items", -1))
     rows = int(manifest.counts.get("positions", n))  # format 1: no tombstones, rows = items
     if expected_dim is not None and dim != int(expected_dim):
         raise IndexLoadError(f"index {uri} holds {dim}-dimensional vectors but the model produces {expected_dim}")
     with storage.local_copy(uri) as local:
-        missing = [f for f in (manifest.files.get("index"), manifest.files.get("items"),
-                               manifest.files.get("vectors"), *manifest.files.get("categories", {}).values())
-                   if not f or not (local / f).exists()]
-        if missing:
-            raise IndexLoadError(f"index {uri} is incomplete: missing {', '.join(map(str, missing))}")
+        _check_complete(uri, manifest, local)
         items = pq.read_table(local / manifest.files["items"])
-        try:
-            vectors = np.load(local / manifest.files["vectors"], mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise IndexLoadError(f"{uri}: cannot read the vectors file ({exc})") from None
-        if vectors.dtype != np.float32 or vectors.ndim != 2:
-            raise IndexLoadError(f"{uri}: vectors must be a 2-D float32 array, got {vectors.dtype} {vectors.shape}")
-        if vectors.shape != (rows, dim):
-            raise IndexLoadError(f"{uri}: manifest says {rows} items of dimension {dim}, vectors file holds "
-                                 f"{vectors.shape[0]} x {vectors.shape[1]}")
-        if items.num_rows != rows:
-            raise IndexLoadError(f"{uri}: manifest says {rows} items, id map holds {items.num_rows}")
-        names = items.column_names
-        deleted = (items.column("deleted").to_numpy(zero_copy_only=False).astype(bool)
-                   if "deleted" in names else np.zeros(rows, bool))
-        hashes = items.column("content_sha256").to_pylist() if "content_sha256" in names else None
-        if hashes is not None and any(h is None for h in hashes):
-            hashes = None  # saved without hashes: an update cannot trust them
-
-        def read(path: Path, what: str, members: np.ndarray | None = None):
-            idx = hnswlib.Index(space=manifest.params.get("space", SPACE), dim=dim)
-            try:
-                idx.load_index(str(path))
-            except RuntimeError as exc:
-                raise IndexLoadError(f"{uri}: cannot read {what} ({exc}); is its dimension {dim}?") from None
-            expect = rows if members is None else len(members)
-            if idx.element_count != expect and (members is None or not deleted.any()):
-                raise IndexLoadError(f"{uri}: {what} holds {idx.element_count} items, manifest says {expect}")
-            if members is not None and deleted.any():
-                # A sub-index also holds its category's tombstones; its live labels must be the members.
-                labels = np.sort(np.asarray(idx.get_ids_list(), np.int64))
-                live = labels[~deleted[labels]] if not len(labels) or labels[-1] < rows else labels
-                if not np.array_equal(live, members):
-                    raise IndexLoadError(f"{uri}: {what} holds {len(live)} live items, manifest says {expect}")
-            idx.set_ef(int(manifest.params.get("ef", 64)))
-            return idx
-
-        graph = read(local / manifest.files["index"], "the index")
+        vectors = _read_vectors(uri, local / manifest.files["vectors"], rows, dim)
+        deleted, hashes = _item_flags(uri, items, rows)
+        graph = _read_graph(uri, manifest, local / manifest.files["index"], "the index", rows, deleted)
         ids = np.asarray(items.column("item_id").to_pylist(), dtype=object)
         cats = items.column("category").to_pylist()
         index = cls(item_ids=ids, categories=cats, vectors=vectors, index=graph, sub_indexes={},
                    params=dict(manifest.params), num_threads=num_threads, manifest=manifest, deleted=deleted,
                    content_hashes=hashes)
-        if len(index) != n or int(deleted.sum()) != int(manifest.counts.get("deleted", 0)):
-            raise IndexLoadError(f"{uri}: manifest says {n} items ({manifest.counts.get('deleted', 0)} deleted), "
-                                 f"id map holds {len(index)} live and {int(deleted.sum())} deleted")
-        if index.category_counts() != {k: int(v) for k, v in manifest.counts.get("categories", {}).items()}:
-            raise IndexLoadError(f"{uri}: per-category counts in the id map differ from the manifest")
+        _check_counts(uri, manifest, index, n, deleted)
         for name, rel in manifest.files.get("categories", {}).items():
             if name not in index.category_names:
                 raise IndexLoadError(f"{uri}: sub-index of {name!r}, a category with no live items")
             j = index.category_names.index(name)
-            index.sub_graphs[j] = read(local / rel, f"sub-index of {name!r}", index.category_members[j])
+            index.sub_graphs[j] = _read_graph(uri, manifest, local / rel, f"sub-index of {name!r}", rows, deleted,
+                                              index.category_members[j])
     index.build_seconds = float(manifest.build_seconds)
     index.uri = uri
     index.set_num_threads(num_threads)
     return index
+
+
+def _resolve_manifest(uri: str) -> tuple[str, IndexManifest]:
+    """The index directory ``uri`` names (its ``LATEST`` one for an ``indexes/`` directory) and its manifest."""
+    try:
+        uri = publish.resolve(uri, manifest_name=MANIFEST)
+    except publish.NotPublishedError as exc:
+        raise IndexLoadError(f"no index at {uri}: {exc}") from None
+    return uri, IndexManifest.from_json(storage.read_text(storage.join(uri, MANIFEST)))
+
+
+def _check_complete(uri: str, manifest: IndexManifest, local: Path) -> None:
+    missing = [f for f in (manifest.files.get("index"), manifest.files.get("items"),
+                           manifest.files.get("vectors"), *manifest.files.get("categories", {}).values())
+               if not f or not (local / f).exists()]
+    if missing:
+        raise IndexLoadError(f"index {uri} is incomplete: missing {', '.join(map(str, missing))}")
+
+
+def _item_flags(uri: str, items, rows: int) -> tuple[np.ndarray, list | None]:
+    """``(deleted flags, content hashes or None)`` of the id map table, checked against ``rows``."""
+    if items.num_rows != rows:
+        raise IndexLoadError(f"{uri}: manifest says {rows} items, id map holds {items.num_rows}")
+    names = items.column_names
+    deleted = (items.column("deleted").to_numpy(zero_copy_only=False).astype(bool)
+               if "deleted" in names else np.zeros(rows, bool))
+    hashes = items.column("content_sha256").to_pylist() if "content_sha256" in names else None
+    if hashes is not None and any(h is None for h in hashes):
+        hashes = None  # saved without hashes: an update cannot trust them
+    return deleted, hashes
+
+
+def _read_vectors(uri: str, path: Path, rows: int, dim: int) -> np.ndarray:
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise IndexLoadError(f"{uri}: cannot read the vectors file ({exc})") from None
+    if vectors.dtype != np.float32 or vectors.ndim != 2:
+        raise IndexLoadError(f"{uri}: vectors must be a 2-D float32 array, got {vectors.dtype} {vectors.shape}")
+    if vectors.shape != (rows, dim):
+        raise IndexLoadError(f"{uri}: manifest says {rows} items of dimension {dim}, vectors file holds "
+                             f"{vectors.shape[0]} x {vectors.shape[1]}")
+    return vectors
+
+
+def _read_graph(uri: str, manifest: IndexManifest, path: Path, what: str, rows: int, deleted: np.ndarray,
+                members: np.ndarray | None = None):
+    """One hnswlib graph file (the global graph, or a category's sub-index with its ``members``), checked."""
+    import hnswlib
+
+    dim = int(manifest.embedding_dim)
+    idx = hnswlib.Index(space=manifest.params.get("space", SPACE), dim=dim)
+    try:
+        idx.load_index(str(path))
+    except RuntimeError as exc:
+        raise IndexLoadError(f"{uri}: cannot read {what} ({exc}); is its dimension {dim}?") from None
+    expect = rows if members is None else len(members)
+    if idx.element_count != expect and (members is None or not deleted.any()):
+        raise IndexLoadError(f"{uri}: {what} holds {idx.element_count} items, manifest says {expect}")
+    if members is not None and deleted.any():
+        # A sub-index also holds its category's tombstones; its live labels must be the members.
+        labels = np.sort(np.asarray(idx.get_ids_list(), np.int64))
+        live = labels[~deleted[labels]] if not len(labels) or labels[-1] < rows else labels
+        if not np.array_equal(live, members):
+            raise IndexLoadError(f"{uri}: {what} holds {len(live)} live items, manifest says {expect}")
+    idx.set_ef(int(manifest.params.get("ef", 64)))
+    return idx
+
+
+def _check_counts(uri: str, manifest: IndexManifest, index: "HnswIndex", n: int, deleted: np.ndarray) -> None:
+    if len(index) != n or int(deleted.sum()) != int(manifest.counts.get("deleted", 0)):
+        raise IndexLoadError(f"{uri}: manifest says {n} items ({manifest.counts.get('deleted', 0)} deleted), "
+                             f"id map holds {len(index)} live and {int(deleted.sum())} deleted")
+    if index.category_counts() != {k: int(v) for k, v in manifest.counts.get("categories", {}).items()}:
+        raise IndexLoadError(f"{uri}: per-category counts in the id map differ from the manifest")
