@@ -63,6 +63,7 @@ class GridConfig:
     gate: model_gate.GateConfig = field(default_factory=model_gate.GateConfig)
     # Test tiles per level of the best trial's robustness report (tune/robustness.py); 0 = none.
     robustness_images: int = 100
+    explanation_images: int = 6  # right and as many wrong test images with heatmaps in the report; 0 = none
 
 
 @dataclass
@@ -250,7 +251,7 @@ def run(config: GridConfig) -> GridResult:
     leaderboard.sort(key=lambda r: -(r["val_accuracy"] if r["val_accuracy"] is not None else -1))
     tested = _add_test_accuracy(config, results, leaderboard) if config.evaluate_all else {}
 
-    best = test_metrics = model_uri = None
+    best = test_metrics = model_uri = panel = None
     published, publish_reason = False, ""
     notes = (f"Grid wall time {wall:.0f} s; sum of trial times {sum_trial:.0f} s; "
              f"ratio {wall / sum_trial:.2f}.\n" if sum_trial else "")
@@ -260,7 +261,7 @@ def run(config: GridConfig) -> GridResult:
                      f"{r['backbone_weights']}\n" for r in leaderboard if r.get("backbone_weights"))
     if best_result is not None:
         best_id = (best_result.metrics or {}).get("trial_id") or Path(best_result.path).name
-        best, test_metrics, model_uri, published, publish_reason = _evaluate_and_export(
+        best, test_metrics, model_uri, published, publish_reason, panel = _evaluate_and_export(
             config, best_result, root, run_id, tested.get(best_id))
     with tempfile.TemporaryDirectory(prefix="vitrine-report-") as tmp:
         from .report import write_report
@@ -268,7 +269,7 @@ def run(config: GridConfig) -> GridResult:
         robust_md = _robustness_report(best, Path(tmp) / "robustness")
         write_report(Path(tmp), title=f"Grid {config.name} — run {run_id}", leaderboard=leaderboard,
                      histories=histories, test_metrics=test_metrics,
-                     best_trial_id=best["trial_id"] if best else None, wall_time_s=wall,
+                     best_trial_id=best["trial_id"] if best else None, wall_time_s=wall, explanations=panel,
                      notes_md=notes + (f"\nExported model: `{model_uri}`\n" if model_uri else "") + robust_md)
         report_uri = storage.join(run_uri, "report")
         storage.upload_dir(tmp, report_uri)
@@ -314,7 +315,7 @@ def _add_test_accuracy(config: GridConfig, results, leaderboard: list[dict]) -> 
 
 
 def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
-                         test_metrics: dict | None = None) -> tuple[dict, dict, str | None, bool, str]:
+                         test_metrics: dict | None = None) -> tuple[dict, dict, str | None, bool, str, object]:
     import keras
 
     from artifacts import heads
@@ -340,10 +341,13 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
 
         best["robustness"] = measure_model(model, spec, ds.test_x, ds.test_y, images=config.robustness_images,
                                            model_id=str(best["trial_id"]), architecture=best["architecture"])
+    from .explain_report import explanation_panel
+
+    panel = explanation_panel(model, spec, ds.test_x, ds.test_y, ds.class_names, per_row=config.explanation_images)
     log.info("best trial %s (%s/%s/%g): val %.4f, test %.4f", best["trial_id"], best["architecture"],
              best["optimizer"], best["learning_rate"], best["val_accuracy"], test_metrics["accuracy"])
     if not config.export:
-        return best, test_metrics, None, False, "export: false"
+        return best, test_metrics, None, False, "export: false", panel
     from .models import EMBEDDING_LAYER
 
     model_id = publish.new_id(spec_trial["architecture"].replace("_", "-"))
@@ -367,7 +371,7 @@ def _evaluate_and_export(config: GridConfig, result, root: str, run_id: str,
     else:
         published, reason = model_gate.publish_if_passing(models, model_id, config.gate)
     log.log(logging.INFO if published else logging.WARNING, "exported %s; %s", uri, reason)
-    return best, test_metrics, uri, published, reason
+    return best, test_metrics, uri, published, reason, panel
 
 
 def _robustness_report(best: dict | None, out: Path) -> str:

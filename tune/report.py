@@ -381,6 +381,7 @@ def write_report(
     wall_time_s: float | None = None,
     notes_md: str = "",
     top_k_curves: int = 4,
+    explanations=None,
 ) -> pathlib.Path:
     """Write report.md, leaderboard.csv and PNG figures into ``out_dir``; return report.md's path.
 
@@ -444,6 +445,9 @@ def write_report(
     if test_metrics and test_metrics.get("per_class"):
         _plot_per_class(out / "per_class.png", test_metrics["per_class"])
         md += ["### Per-class scores", "", "![per-class scores](per_class.png)", ""]
+    from .explain_report import write_panel  # the heatmap panel (an ExplanationPanel), when given
+
+    md += write_panel(explanations, out)
 
     text = "\n".join(md)
     if notes_md:
