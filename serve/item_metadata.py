@@ -23,6 +23,7 @@ import re
 import pyarrow as pa
 
 from artifacts import catalogue, catalogue_manifest
+from artifacts.id_lookup import IdLookup
 
 log = logging.getLogger("vitrine.serve")
 
@@ -73,24 +74,24 @@ class ItemMetadata:
         table = table if table is not None else pa.table({"item_id": pa.array([], pa.string())})
         self.columns = [c for c in table.column_names if c != "item_id"]
         self._table = pa.table({c: clean_column(table.column(c)) for c in self.columns}) if self.columns else None
-        self._row = {item: i for i, item in enumerate(table.column("item_id").to_pylist())} if self.columns else {}
+        self._rows = IdLookup(table.column("item_id") if self.columns else [])
 
     def __len__(self) -> int:
-        return len(self._row)
+        return len(self._rows)
 
     def get(self, item_id: str) -> dict | None:
         return self.get_many([item_id])[0]
 
     def get_many(self, item_ids) -> list[dict | None]:
         """Each item's non-null values (None for an item without any), in the order asked."""
-        rows = [self._row.get(i) for i in item_ids]
-        present = [r for r in rows if r is not None]
-        if not present:
+        rows = self._rows.rows(list(item_ids))
+        present = rows[rows >= 0]
+        if not len(present):
             return [None] * len(rows)
         taken = iter(self._table.take(pa.array(present, pa.int64())).to_pylist())
         out = []
         for r in rows:
-            values = {k: v for k, v in next(taken).items() if v is not None} if r is not None else {}
+            values = {k: v for k, v in next(taken).items() if v is not None} if r >= 0 else {}
             out.append(values or None)
         return out
 

@@ -132,3 +132,20 @@ def s3_bucket(s3_server, request):
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:6]
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
+def clustered_data():
+    """tests.helpers.clustered(): 2,000 unit vectors in 10 categories (ids, categories, vectors)."""
+    from tests.helpers import clustered
+
+    return clustered()
+
+
+@pytest.fixture(scope="module")
+def clustered_index(clustered_data):
+    """An HnswIndex over ``clustered_data`` with tests.helpers.HNSW_TEST_PARAMS."""
+    from artifacts.hnsw_index import HnswIndex
+    from tests.helpers import HNSW_TEST_PARAMS
+
+    return HnswIndex.build(*clustered_data, **HNSW_TEST_PARAMS)

@@ -35,6 +35,9 @@ from tune.data.fashion_mnist import CLASS_NAMES
 
 # tests.helpers.clustered: 2,000 unit vectors in 32 dims over 10 categories of these sizes.
 CLUSTER_SIZES = [300, 280, 260, 240, 220, 200, 180, 170, 110, 40]
+# Index build settings of the tests' HNSW indexes: category "c9" (40 items) is small enough
+# (< exact_below) to be searched exactly.
+HNSW_TEST_PARAMS = dict(M=16, ef_construction=200, ef=64, exact_below=64, seed=7, num_threads=2)
 
 @contextlib.contextmanager
 def environ(**values: str | None):

@@ -9,22 +9,20 @@ from artifacts import publish, storage
 from artifacts.hnsw_index import HnswIndex
 from artifacts.index_manifest import MANIFEST, IndexBuildError, IndexLoadError, UnknownCategoryError
 from artifacts.vector_search import recall_at_k
-from tests.helpers import CLUSTER_SIZES, clustered, perturbed
+from tests.helpers import CLUSTER_SIZES, HNSW_TEST_PARAMS, perturbed
 
 N, DIM = sum(CLUSTER_SIZES), 32  # tests.helpers.clustered
-# Category "c9" (40 items) is small enough (< exact_below) to be searched exactly.
-PARAMS = dict(M=16, ef_construction=200, ef=64, exact_below=64, seed=7, num_threads=2)
+PARAMS = HNSW_TEST_PARAMS
 
 
 @pytest.fixture(scope="module")
-def data():
-    return clustered()
+def data(clustered_data):
+    return clustered_data
 
 
 @pytest.fixture(scope="module")
-def index(data):
-    ids, cats, vectors = data
-    return HnswIndex.build(ids, cats, vectors, **PARAMS)
+def index(clustered_index):
+    return clustered_index
 
 
 def test_recall_at_10_against_exact(index, data):

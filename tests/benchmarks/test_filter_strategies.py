@@ -11,24 +11,12 @@ from artifacts.hnsw_index import HnswIndex
 from artifacts.index_update import update_index
 from artifacts.vector_search import recall_at_k
 from benchmarks import filter_strategies
-from tests.helpers import clustered, perturbed, write_run
-
-PARAMS = dict(M=16, ef_construction=200, ef=64, exact_below=64, seed=7, num_threads=2)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return clustered()
-
-
-@pytest.fixture(scope="module")
-def index(data):
-    return HnswIndex.build(*data, **PARAMS)
+from tests.helpers import HNSW_TEST_PARAMS, perturbed, write_run
 
 
 @pytest.mark.parametrize("strategy", filter_strategies.STRATEGIES)
-def test_every_strategy_returns_only_the_category_with_good_recall(index, data, strategy):
-    queries = perturbed(data[2][::20])
+def test_every_strategy_returns_only_the_category_with_good_recall(clustered_index, clustered_data, strategy):
+    index, queries = clustered_index, perturbed(clustered_data[2][::20])
     pos, sim = filter_strategies.filtered_search(index, queries, 10, "c4", strategy)
     assert (pos >= 0).all() and set(index.categories_of(pos.ravel())) == {"c4"}
     _, exact_sim = index.exact_search_positions(queries, 10, "c4")
@@ -37,15 +25,15 @@ def test_every_strategy_returns_only_the_category_with_good_recall(index, data, 
     np.testing.assert_allclose(sim, approx_sim, atol=1e-4)
 
 
-def test_unknown_strategy_is_refused(index, data):
+def test_unknown_strategy_is_refused(clustered_index, clustered_data):
     with pytest.raises(ValueError, match="unknown strategy"):
-        filter_strategies.filtered_search(index, data[2][:1], 10, "c4", "telepathy")
+        filter_strategies.filtered_search(clustered_index, clustered_data[2][:1], 10, "c4", "telepathy")
 
 
-def test_no_strategy_returns_a_tombstone(data):
-    ids, cats, vectors = data
+def test_no_strategy_returns_a_tombstone(clustered_data):
+    ids, cats, vectors = clustered_data
     keep = np.arange(len(ids)) % 7 != 0  # a seventh of the items removed: tombstones in every graph
-    index = HnswIndex.build(ids, cats, vectors, **PARAMS, content_hashes=[f"h{i}" for i in range(len(ids))])
+    index = HnswIndex.build(ids, cats, vectors, **HNSW_TEST_PARAMS, content_hashes=[f"h{i}" for i in range(len(ids))])
     updated, _ = update_index(index, np.asarray(ids)[keep].tolist(), np.asarray(cats)[keep].tolist(),
                            [f"h{i}" for i in np.flatnonzero(keep)], vectors[keep])
     assert updated.deleted.sum() == (~keep).sum()
@@ -54,8 +42,8 @@ def test_no_strategy_returns_a_tombstone(data):
         assert (pos >= 0).all() and not updated.deleted[pos].any(), strategy
 
 
-def test_command_prints_a_row_per_case_and_strategy(data, tmp_path, capsys):
-    ids, cats, vectors = data
+def test_command_prints_a_row_per_case_and_strategy(clustered_data, tmp_path, capsys):
+    ids, cats, vectors = clustered_data
     root = str(tmp_path / "store")
     write_run(root, "model-a", "run-1", ids, cats, vectors)
     rc = filter_strategies.main(["--embeddings", f"{root}/embeddings/model-a", "--queries", "200", "--json"])
