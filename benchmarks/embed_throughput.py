@@ -150,7 +150,7 @@ def on_running_ray(cat: Path, model: str, work: Path, env: dict) -> list[dict]:
         runs = []
         for i in (1, 2):
             r = timed([sys.executable, "-m", "jobs.cli", "embed", "--catalogue", str(cat), "--model", model,
-                       "--out", str(work / f"running-{i}"), "--full", "--set", "local_max_items=0",
+                       "--storage", str(work / f"running-{i}"), "--full", "--set", "local_max_items=0",
                        "--address", cluster.address], env)
             runs.append({"wall": r["seconds"], "peak_rss_mb": r["peak_rss_mb"]})
     return runs
@@ -186,7 +186,7 @@ def incremental_via_service(cat: Path, model: str, out: Path, storage_root: str,
         time.sleep(10)  # let the service settle (replica start-up work) before timing
         changed = edit_one_percent(cat, share, seed=2)
         r = timed([sys.executable, "-m", "jobs.cli", "embed", "--catalogue", str(cat), "--model", model,
-                   "--out", str(out), "--json", "--set", f"service_url={url}"], env)
+                   "--storage", str(out), "--json", "--set", f"service_url={url}"], env)
         result = json.loads(r["stdout"][r["stdout"].index("{"):])
         return {"wall": r["seconds"], "peak_rss_mb": r["peak_rss_mb"], "mode": result["timings"]["mode"],
                 "served_model": served, "changed": changed, "counts": result["counts"]}
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                             "peak_rss_mb": r["peak_rss_mb"]}
         print("Ray Data job, cold ...", flush=True)
         r = timed([sys.executable, "-m", "jobs.cli", "embed", "--catalogue", str(cat), "--model", args.model,
-                   "--out", str(work / "cold"), "--full", "--set", "local_max_items=0"], env)
+                   "--storage", str(work / "cold"), "--full", "--set", "local_max_items=0"], env)
         results["ray_cold"] = {"wall": r["seconds"], "peak_rss_mb": r["peak_rss_mb"]}
         print("Ray Data job on a running Ray, fresh driver processes ...", flush=True)
         results["ray_running"] = on_running_ray(cat, args.model, work, env)
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         print("incremental, cold ...", flush=True)
         edit_one_percent(cat, args.changed, seed=1)
         r = timed([sys.executable, "-m", "jobs.cli", "embed", "--catalogue", str(cat), "--model", args.model,
-                   "--out", str(work / "warm")], env)
+                   "--storage", str(work / "warm")], env)
         results["incremental_cold"] = {"wall": r["seconds"], "peak_rss_mb": r["peak_rss_mb"]}
         print("incremental, cold, with the search service running ...", flush=True)
         results["incremental_service"] = incremental_via_service(cat, args.model, work / "warm", args.service_storage,

@@ -215,14 +215,14 @@ def _measure(n, work, model, cluster, env, qpath, local_max, manifest, changes_a
     run_dir = Path(res["full"]["run_uri"])
     row["parquet_mb"] = _dir_bytes(run_dir / "data") / 2**20
     print(f"[{n:,}] increment as a fresh job", flush=True)
-    f = timed([py, "-m", "jobs.embed_catalogue", "--catalogue", changes_b, "--model", model, "--out", str(out),
+    f = timed([py, "-m", "jobs.embed_catalogue", "--catalogue", changes_b, "--model", model, "--storage", str(out),
                "--address", cluster.address, "--set", f"local_max_items={local_max}", "--json"], env, pids)
     row["increment_fresh_job"] = {"seconds": f["seconds"], "driver_rss_mb": f["driver_rss_mb"],
                                   "counts": f["result"].get("counts"), "timings": f["result"].get("timings")}
     print(f"[{n:,}] index: full build, then the incremental update", flush=True)
-    full_ix = timed([py, "-m", "jobs.build_index", "--embeddings", str(run_dir), "--out", str(out), "--full",
+    full_ix = timed([py, "-m", "jobs.build_index", "--embeddings", str(run_dir), "--storage", str(out), "--full",
                      "--json"], env, [])
-    inc_ix = timed([py, "-m", "jobs.build_index", "--embeddings", res["increments"][0]["run_uri"], "--out", str(out),
+    inc_ix = timed([py, "-m", "jobs.build_index", "--embeddings", res["increments"][0]["run_uri"], "--storage", str(out),
                     "--json"], env, [])
     row["index_full"] = {"seconds": full_ix["seconds"], "rss_mb": full_ix["driver_rss_mb"],
                          **{k: full_ix["result"].get(k) for k in ("build_seconds", "recall_at_10", "mode", "index_uri")}}

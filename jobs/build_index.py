@@ -1,20 +1,20 @@
 """Build the HNSW search index of an embeddings run and publish it atomically.
 
     vitrine build-index                                          # LATEST model's LATEST embeddings run
-    vitrine build-index --embeddings .vitrine/embeddings/<model_id> --out .vitrine
+    vitrine build-index --embeddings .vitrine/embeddings/<model_id> --storage .vitrine
     vitrine build-index --embeddings s3://bucket/vitrine/embeddings/<model_id>/<run_id> \\
-        --out s3://bucket/vitrine --set M=32 --set ef=128
+        --storage s3://bucket/vitrine --set M=32 --set ef=128
     vitrine build-index --config index.yaml --smoke-test         # 2,000 items, LATEST untouched
     vitrine build-index --full                                   # rebuild instead of updating LATEST
     ray job submit --working-dir . -- python -m jobs.build_index --embeddings s3://...
 
-Writes ``<out>/indexes/<index_id>/`` (see :mod:`artifacts.hnsw_index`; the manifest last, after
-the upload) and then moves ``<out>/indexes/LATEST`` to it. Any failure before that (empty or
+Writes ``<storage>/indexes/<index_id>/`` (see :mod:`artifacts.hnsw_index`; the manifest last, after
+the upload) and then moves ``<storage>/indexes/LATEST`` to it. Any failure before that (empty or
 malformed embeddings, recall below ``min_recall``, an upload error) leaves ``LATEST`` where it
 was. The index is built in memory; for ``s3://`` its files go to a local temporary directory,
 are uploaded, and only then is the manifest written.
 
-By default the ``LATEST`` index under ``<out>/indexes`` is updated rather than rebuilt
+By default the ``LATEST`` index under ``<storage>/indexes`` is updated rather than rebuilt
 (:mod:`artifacts.index_update`): items with the same id, content hash and category keep their
 position, removed and changed ones become tombstones, new and changed ones are appended. Only
 ids, categories and hashes are read to decide that, then the vectors of the rows that are added.
@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from artifacts.logs import setup_logging
+from jobs import flags
 
 log = logging.getLogger("vitrine.build_index")
 
@@ -254,8 +255,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p = parser or argparse.ArgumentParser(prog="vitrine build-index", description=__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--embeddings", help="embeddings run dir, or <root>/embeddings/<model_id> (its LATEST run)")
-    p.add_argument("--out", help="storage root that receives indexes/ (default: --storage)")
-    p.add_argument("--storage", help="storage root URI (default $VITRINE_STORAGE or ./.vitrine)")
+    flags.add_storage(p)
+    flags.refuse_renamed(p, "--out", "--storage", "the storage root that receives indexes/")
     p.add_argument("--config", help="YAML file with BuildIndexConfig keys")
     p.add_argument("--threads", type=int, dest="num_threads", help="hnswlib threads (0 = every core)")
     p.add_argument("--recall-queries", type=int, help="catalogue queries for the recall check (default 1000)")
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging()
-    values = {"embeddings": args.embeddings, "out": args.out, "storage": args.storage, "num_threads": args.num_threads,
+    values = {"embeddings": args.embeddings, "storage": args.storage, "num_threads": args.num_threads,
               "recall_queries": args.recall_queries, "smoke_test": args.smoke_test or None,
               "publish": False if args.no_publish else None, "incremental": False if args.full else None}
     config = load_config(BuildIndexConfig, yaml_path=args.config, overrides=args.overrides, values=values)

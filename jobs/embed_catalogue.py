@@ -3,23 +3,23 @@
     vitrine embed                     # <storage>/catalogues/fashion-mnist-train with <storage>/models
     vitrine embed --catalogue .vitrine/catalogues/fashion-mnist-train --model .vitrine/models
     vitrine embed --catalogue s3://bucket/catalogues/shop --model s3://bucket/vitrine/models \\
-        --out s3://bucket/vitrine --address auto --set max_actors=8 --set gpus_per_actor=0.5
+        --storage s3://bucket/vitrine --address auto --set max_actors=8 --set gpus_per_actor=0.5
     vitrine embed --catalogue ... --full                  # ignore the previous run, embed everything
     vitrine embed --catalogue ... --run-id nightly-20261128 --config embed.yaml
     vitrine embed --catalogue ... --smoke-test            # 64 items through the whole Ray Data path
     vitrine embed --catalogue ... --set service_url=http://127.0.0.1:8000   # small increments via the service
     vitrine embed --catalogue shop/ --category-level 2    # <category>/<sub-category>/<image> folders
     ray job submit --working-dir . -- python -m jobs.embed_catalogue --catalogue s3://... \\
-        --model s3://bucket/vitrine/models --out s3://bucket/vitrine
+        --model s3://bucket/vitrine/models --storage s3://bucket/vitrine
 
-``--catalogue`` defaults to ``<out>/catalogues/fashion-mnist-train`` (what ``vitrine
+``--catalogue`` defaults to ``<storage>/catalogues/fashion-mnist-train`` (what ``vitrine
 export-catalogue`` writes by default); ``--model`` is a model directory or a models/ directory
-with LATEST (default ``<out>/models``);
-``--out`` is the storage root (default ``--storage``, ``$VITRINE_STORAGE`` or ``./.vitrine``).
+with LATEST (default ``<storage>/models``);
+``--storage`` is the storage root (default ``$VITRINE_STORAGE`` or ``./.vitrine``; the config key is ``out``).
 Flags override the YAML; ``--set key=value`` overrides anything (keys: the fields of
 :class:`EmbedConfig`).
 
-A run writes ``<out>/embeddings/<model_id>/<run_id>/`` (``data/``, ``errors/``, then
+A run writes ``<storage>/embeddings/<model_id>/<run_id>/`` (``data/``, ``errors/``, then
 ``manifest.json``) and only then moves that model's ``LATEST``. Items whose content hash is the
 same as in the LATEST run of the same model are copied over without being read, decoded or
 embedded; new and changed items go through Ray Data (bytes → :mod:`artifacts.preprocess` in
@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass, field
 
 from artifacts.logs import setup_logging
+from jobs import flags
 
 from embedding import ray_pipeline, run_plan
 from embedding.service_client import ServiceUnavailable, embed_via_service
@@ -450,9 +451,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p = parser or argparse.ArgumentParser(prog="vitrine embed", description=__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--catalogue", help="catalogue URI: image folders, a directory with a manifest, or a manifest file")
-    p.add_argument("--model", help="model directory or models/ directory with LATEST (default <out>/models)")
-    p.add_argument("--out", help="storage root for embeddings/ (default --storage)")
-    p.add_argument("--storage", help="storage root URI (default $VITRINE_STORAGE or ./.vitrine)")
+    p.add_argument("--model", help="model directory or models/ directory with LATEST (default <storage>/models)")
+    flags.add_storage(p)
+    flags.refuse_renamed(p, "--out", "--storage", "the storage root that receives embeddings/")
     p.add_argument("--config", help="YAML file with EmbedConfig fields")
     p.add_argument("--run-id", help="run id (default: a new one); an existing complete run is returned as is")
     p.add_argument("--full", action="store_true", help="embed everything, ignoring the previous run")
@@ -476,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     config = load_embed_config(args.config, args.overrides, catalogue=args.catalogue, model=args.model,
-                               out=args.out or args.storage, run_id=args.run_id, full=args.full or None,
+                               out=args.storage, run_id=args.run_id, full=args.full or None,
                                limit=args.limit, smoke_test=args.smoke_test or None, address=args.address,
                                category_level=args.category_level)
     try:

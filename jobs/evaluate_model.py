@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 
 from artifacts.logs import setup_logging
+from jobs import flags
 
 log = logging.getLogger("vitrine.evaluate")
 
@@ -42,7 +43,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p = parser or argparse.ArgumentParser(prog="vitrine evaluate", description=__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model directory or models/ directory with LATEST (default <storage>/models)")
-    p.add_argument("--storage", help="storage root URI (default $VITRINE_STORAGE or ./.vitrine)")
+    flags.add_storage(p)
     p.add_argument("--data", help="Fashion-MNIST directory or s3:// prefix (default $FASHION_MNIST_DIR)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--robustness", action="store_true",

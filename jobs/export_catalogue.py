@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from artifacts.logs import setup_logging
+from jobs import flags
 
 log = logging.getLogger("vitrine.export")
 
@@ -105,12 +106,44 @@ def photo_item(tile, seed: int, split: str, index: int, size: int) -> tuple[byte
 
 def run(config: ExportConfig) -> ExportResult:
     """Export ``config.split`` of the dataset as a catalogue under ``config.out``."""
-    import numpy as np
-    import pyarrow as pa
-
     from artifacts import catalogue, catalogue_manifest, storage
     from tune.data import fashion_mnist
 
+    _check_config(config)
+    start = time.perf_counter()
+    out = config.out or storage.join(config.storage or storage.default_root(), "catalogues",
+                                     f"{config.dataset}-{config.split}")
+    data = fashion_mnist.load(config.data or None)
+    images = data.train_images if config.split == "train" else data.test_images
+    labels = data.train_labels if config.split == "train" else data.test_labels
+    n = min(config.limit, len(images)) if config.limit > 0 else len(images)
+    slugs = [category_slug(c) for c in data.class_names]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"class names {data.class_names} do not give distinct folder names")
+    ids = [f"{config.split}-{i:06d}" for i in range(n)]
+    rel, subs = _image_paths(config, ids, [slugs[int(labels[i])] for i in range(n)])
+
+    manifest_uri = storage.join(out, catalogue.MANIFEST_FILE)
+    previous = _previous_export(manifest_uri)
+    existing = _existing_sizes(out)
+    sink = _Sink(out)
+    for folder in sorted({r.rsplit("/", 1)[0] for r in rel}):
+        sink.make_dir(folder)
+    hashes, written = _write_images(config, images, ids, rel, previous, existing, sink)
+    table = _manifest_table(config, ids, rel, data.class_names, labels[:n], hashes, subs)
+    catalogue_manifest.write_manifest(table, manifest_uri)
+    # Only after the new manifest is in place: files the old one listed and this one does not.
+    stale = sorted({r for r, _ in previous.values()} - set(rel))
+    for r in stale:
+        sink.remove(r)
+    wall = time.perf_counter() - start
+    log.info("catalogue %s: %d items (%d written, %d unchanged, %d removed) in %.1f s",
+             out, n, written, n - written, len(stale), wall)
+    return ExportResult(out=out, manifest_uri=manifest_uri, items=n, written=written, unchanged=n - written,
+                        removed=len(stale), wall_time_s=wall)
+
+
+def _check_config(config: ExportConfig) -> None:
     if config.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {config.dataset!r}; valid: {', '.join(DATASETS)}")
     if config.split not in SPLITS:
@@ -125,36 +158,30 @@ def run(config: ExportConfig) -> ExportResult:
         raise ValueError(f"photo size {config.size} must be within 16..1024")
     if config.seed < 0:
         raise ValueError(f"seed {config.seed} must be >= 0")
-    start = time.perf_counter()
-    out = config.out or storage.join(config.storage or storage.default_root(), "catalogues",
-                                     f"{config.dataset}-{config.split}")
-    data = fashion_mnist.load(config.data or None)
-    images = data.train_images if config.split == "train" else data.test_images
-    labels = data.train_labels if config.split == "train" else data.test_labels
-    n = min(config.limit, len(images)) if config.limit > 0 else len(images)
-    slugs = [category_slug(c) for c in data.class_names]
-    if len(set(slugs)) != len(slugs):
-        raise ValueError(f"class names {data.class_names} do not give distinct folder names")
-    ids = [f"{config.split}-{i:06d}" for i in range(n)]
+
+
+def _image_paths(config: ExportConfig, ids: list[str], folders: list[str]) -> tuple[list[str], list[str] | None]:
+    """``(each item's path relative to the catalogue, its sub-category or None when flat)``."""
+    ext = "jpg" if config.style == "photo" else "png"
+    if config.layout != "nested":
+        return [f"{folders[i]}/{ids[i]}.{ext}" for i in range(len(ids))], None
+    # The sub-category folder is known only once an item's parameters are drawn, which is cheap.
+    import numpy as np
+
+    from artifacts import photo_style
+
+    subs = [photo_style.sample_params(np.random.default_rng([config.seed, SPLITS.index(config.split), i]),
+                                      size=config.size).background_kind for i in range(len(ids))]
+    return [f"{folders[i]}/{subs[i]}/{ids[i]}.{ext}" for i in range(len(ids))], subs
+
+
+def _write_images(config: ExportConfig, images, ids: list[str], rel: list[str], previous: dict,
+                  existing: dict[str, int], sink: "_Sink") -> tuple[list[str], int]:
+    """Encode every item and write those not already in place: ``(content hashes, files written)``."""
+    from artifacts import catalogue
+
+    n = len(ids)
     photo = config.style == "photo"
-    nested = config.layout == "nested"
-    ext = "jpg" if photo else "png"
-    if nested:
-        # The sub-category folder is known only once an item's parameters are drawn, which is cheap.
-        from artifacts import photo_style
-
-        subs = [photo_style.sample_params(np.random.default_rng([config.seed, SPLITS.index(config.split), i]),
-                                          size=config.size).background_kind for i in range(n)]
-        rel = [f"{slugs[int(labels[i])]}/{subs[i]}/{ids[i]}.{ext}" for i in range(n)]
-    else:
-        rel = [f"{slugs[int(labels[i])]}/{ids[i]}.{ext}" for i in range(n)]
-
-    manifest_uri = storage.join(out, catalogue.MANIFEST_FILE)
-    previous = _previous_export(manifest_uri)
-    existing = _existing_sizes(out)
-    sink = _Sink(out)
-    for folder in sorted({r.rsplit("/", 1)[0] for r in rel}):
-        sink.make_dir(folder)
 
     def export_chunk(lo: int) -> list[tuple[str, bool]]:
         done = []
@@ -177,31 +204,29 @@ def run(config: ExportConfig) -> ExportResult:
             written += sum(w for _, w in chunk)
             if (k + 1) % 10 == 0:
                 log.info("exported %d/%d images", len(hashes), n)
+    return hashes, written
+
+
+def _manifest_table(config: ExportConfig, ids: list[str], rel: list[str], class_names: list[str], labels,
+                    hashes: list[str], subs: list[str] | None):
+    import numpy as np
+    import pyarrow as pa
 
     columns = {
         "item_id": pa.array(ids, pa.string()),
         "image_uri": pa.array(rel, pa.string()),
-        "category": pa.array([data.class_names[int(c)] for c in labels[:n]], pa.string()),
-        "label": pa.array(np.asarray(labels[:n], dtype=np.int64)),
+        "category": pa.array([class_names[int(c)] for c in labels], pa.string()),
+        "label": pa.array(np.asarray(labels, dtype=np.int64)),
         "content_sha256": pa.array(hashes, pa.string()),
     }
-    if nested:
+    if subs is not None:
         columns["sub_category"] = pa.array(subs, pa.string())
     table = pa.table(columns)
-    if photo:
+    if config.style == "photo":
         table = table.replace_schema_metadata({"vitrine.export.style": "photo", "vitrine.export.size": str(config.size),
                                                "vitrine.export.seed": str(config.seed),
                                                "vitrine.export.layout": config.layout})
-    catalogue_manifest.write_manifest(table, manifest_uri)
-    # Only after the new manifest is in place: files the old one listed and this one does not.
-    stale = sorted({r for r, _ in previous.values()} - set(rel))
-    for r in stale:
-        sink.remove(r)
-    wall = time.perf_counter() - start
-    log.info("catalogue %s: %d items (%d written, %d unchanged, %d removed) in %.1f s",
-             out, n, written, n - written, len(stale), wall)
-    return ExportResult(out=out, manifest_uri=manifest_uri, items=n, written=written, unchanged=n - written,
-                        removed=len(stale), wall_time_s=wall)
+    return table
 
 
 def _previous_export(manifest_uri: str) -> dict[str, tuple[str, str]]:
@@ -275,7 +300,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     p.add_argument("--split", default="train", choices=SPLITS)
     p.add_argument("--out", help="catalogue URI (default <storage>/catalogues/<dataset>-<split>)")
-    p.add_argument("--storage", help="storage root URI (default $VITRINE_STORAGE or ./.vitrine)")
+    flags.add_storage(p)
     p.add_argument("--data", help="Fashion-MNIST directory or s3:// prefix (default $FASHION_MNIST_DIR)")
     p.add_argument("--limit", type=int, help="export only the first N images")
     p.add_argument("--workers", type=int, help="encode/write threads (default 2 per CPU)")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from artifacts import model_artifact, model_gate, publish, storage
 from artifacts.configuration import load_config
 from artifacts.model_card import CARD_FILE
+from jobs import flags
 
 SUBCOMMANDS = ("list-artifacts", "promote", "rollback")
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                         ("promote", "make an exported model models/LATEST if it passes the gate"),
                         ("rollback", "move models/LATEST back to the model it named before")):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("--storage", help="storage root URI (default $VITRINE_STORAGE or ./.vitrine)")
+        flags.add_storage(s)
         s.add_argument("--config", help="YAML with storage / gate.min_accuracy / gate.tolerance")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
         s.add_argument("--json", action="store_true")

@@ -27,6 +27,7 @@ from artifacts.logs import setup_logging
 from .build_index import BuildIndexConfig
 from .embed_catalogue import EmbedConfig
 from .evaluate_search import EvaluateSearchConfig
+from jobs import flags
 
 log = logging.getLogger("vitrine.nightly")
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML with NightlyConfig keys (embed: and index: sections)")
     p.add_argument("--catalogue")
     p.add_argument("--model")
-    p.add_argument("--storage")
+    flags.add_storage(p)
     p.add_argument("--address")
     p.add_argument("--data")
     p.add_argument("--no-evaluate", action="store_true", help="skip the retrieval evaluation")

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from artifacts.logs import setup_logging
+from jobs import flags
 
 log = logging.getLogger("vitrine.serve")
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitrine serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="", help="Serve config YAML (default serve/config.yaml)")
-    p.add_argument("--storage", default="", help="storage root (default $VITRINE_STORAGE or ./.vitrine)")
+    flags.add_storage(p, default="")
     p.add_argument("--address", default="", help="Ray cluster address (default: a local Ray)")
     p.add_argument("--num-cpus", type=int, default=0, help="CPUs of the local Ray (default all)")
     p.add_argument("--host", default="")

@@ -1,7 +1,7 @@
 """Submit a vitrine job to a Ray cluster through the Jobs API, follow its logs, exit with its status.
 
     vitrine submit --address http://HEAD:8265 tune --grid tune/grids/thesis.yaml --storage s3://bucket/vitrine
-    vitrine submit embed --catalogue s3://bucket/catalogues/shop --out s3://bucket/vitrine
+    vitrine submit embed --catalogue s3://bucket/catalogues/shop --storage s3://bucket/vitrine
     vitrine submit --no-wait nightly --config cluster/nightly/nightly.yaml
     vitrine submit --env VITRINE_LOG_LEVEL=DEBUG --submission-id nightly-20261128 nightly --config ...
     vitrine submit --pip --gpu --address http://127.0.0.1:8265 tune --grid tune/grids/thesis.yaml   # KubeRay

@@ -20,6 +20,7 @@ import json
 import sys
 
 from artifacts.logs import setup_logging
+from jobs import flags
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", help="grid YAML (default: the built-in default grid)")
     p.add_argument("--smoke-test", action="store_true", help="two trials, one epoch, a small subset")
-    p.add_argument("--storage", help="storage root URI (default $VITRINE_STORAGE or ./.vitrine)")
+    flags.add_storage(p)
     p.add_argument("--data", help="Fashion-MNIST directory or s3:// prefix (default $FASHION_MNIST_DIR)")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--resume", action="store_true", help="resume the last run of this grid")

@@ -104,7 +104,7 @@ def test_unnormalised_embeddings_are_refused(tmp_path):
 
 def test_cli_yaml_set_and_smoke(root, tmp_path, capsys):
     (tmp_path / "index.yaml").write_text("M: 12\nef: 40\n")
-    rc = build_index.main(["--embeddings", f"{root}/embeddings/model-a", "--out", root, "--config",
+    rc = build_index.main(["--embeddings", f"{root}/embeddings/model-a", "--storage", root, "--config",
                            str(tmp_path / "index.yaml"), "--set", "ef=48", "--recall-queries", "100", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["published"] and out["items"] == 2000

@@ -24,3 +24,16 @@ def test_user_mistakes_are_one_line_not_a_traceback(capsys, tmp_path, monkeypatc
     monkeypatch.setenv("VITRINE_DEBUG", "1")
     with pytest.raises(Exception, match="not found"):
         cli.main(["tune", "--grid", str(tmp_path / "missing.yaml")])
+
+
+@pytest.mark.parametrize("command", ["embed", "build-index"])
+def test_out_means_one_thing_the_storage_root_is_storage(command, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--out is now --storage" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    help_text = capsys.readouterr().out
+    assert "--storage" in help_text and "--out" not in help_text

@@ -183,14 +183,14 @@ def test_another_model_or_full_embeds_everything_and_the_cli(tmp_path, tiny_fash
     export(ExportConfig(split="test", out=str(cat), data=str(tiny_fashion_mnist), limit=12))
     root = str(tmp_path / "store")
     (tmp_path / "embed.yaml").write_text("batch_size: 7\nmax_failure_share: 0.1\n")
-    assert cli.main(["embed", "--catalogue", str(cat), "--model", models_dir, "--out", root, "--run-id", "r1",
+    assert cli.main(["embed", "--catalogue", str(cat), "--model", models_dir, "--storage", root, "--run-id", "r1",
                      "--config", str(tmp_path / "embed.yaml"), "--set", "max_failure_share=0.2", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["counts"]["new"] == 12 and printed["run_uri"].endswith("/embeddings/cnn-test-a/r1")
     saved = embeddings.read_manifest(printed["run_uri"]).config  # the resolved config travels with the run
     assert (saved["batch_size"], saved["max_failure_share"], saved["model"]) == (7, 0.2, f"{models_dir}/cnn-test-a")
 
-    assert cli.main(["embed", "--catalogue", str(cat), "--model", models_dir, "--out", root, "--run-id", "r2",
+    assert cli.main(["embed", "--catalogue", str(cat), "--model", models_dir, "--storage", root, "--run-id", "r2",
                      "--full", "--set", "batch_size=5"]) == 0
     assert "total 12, new 12, changed 0, unchanged 0" in capsys.readouterr().out
     runs_a = embeddings.model_runs_uri(root, "cnn-test-a")
@@ -205,7 +205,7 @@ def test_another_model_or_full_embeds_everything_and_the_cli(tmp_path, tiny_fash
     assert t_a.column("embedding").to_pylist() != t_b.column("embedding").to_pylist()
 
     edit_catalogue(cat, replace={f"test-{i:06d}": GARBAGE for i in range(3)})
-    assert cli.main(["embed", "--catalogue", str(cat), "--model", models_dir, "--out", root]) == 1
+    assert cli.main(["embed", "--catalogue", str(cat), "--model", models_dir, "--storage", root]) == 1
     assert "3 of 12 items (25.0%) could not be embedded" in capsys.readouterr().err
     assert publish.latest_id(runs_a) == "r2"
 
@@ -281,7 +281,7 @@ def test_a_one_cpu_machine_fits_the_actor_instead_of_waiting_forever(tmp_path, t
     env.setdefault("RAY_AUTH_MODE", "disabled")
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "embed", "--catalogue", str(cat), "--model", models_dir,
-         "--out", str(tmp_path / "store"), "--json", "--set", "num_cpus=1", "--set", "local_max_items=0",
+         "--storage", str(tmp_path / "store"), "--json", "--set", "num_cpus=1", "--set", "local_max_items=0",
          "--set", "batch_size=8"],
         cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -433,7 +433,7 @@ def test_sub_categories_of_a_nested_catalogue_travel_into_the_rows_and_the_searc
     assert dict(zip(rows.column("item_id").to_pylist(), rows.column("sub_category").to_pylist())) == expected
 
     (cat / "manifest.parquet").unlink()  # the folders alone, read with --category-level 2
-    assert cli.main(["embed", "--catalogue", str(cat), "--model", models_dir, "--out", root, "--run-id", "f1",
+    assert cli.main(["embed", "--catalogue", str(cat), "--model", models_dir, "--storage", root, "--run-id", "f1",
                      "--category-level", "2", "--full"]) == 0
     capsys.readouterr()
     rows = embeddings.read_table(storage.join(embeddings.model_runs_uri(root, "cnn-test-a"), "f1"))
