@@ -245,27 +245,36 @@ def input_image(x: np.ndarray, scale: float) -> np.ndarray:
     return arr[..., 0] if arr.shape[-1] == 1 else arr
 
 
-def upload_overlay(img: Image.Image, heat: np.ndarray, box, max_side: int) -> np.ndarray:
-    """The heatmap over the decoded upload ``img``, placed by ``box`` (its input_box), at the
-    upload's size or smaller (longer side at most ``max_side``)."""
-    from .preprocess import _to_8bit  # 16-bit and transparent images shown as the model reads them
+def upload_overlay(upload: "Upload", heat: np.ndarray, max_side: int) -> np.ndarray:
+    """The heatmap over the upload, placed by its input box, at the upload's size (the longer side
+    at most ``max_side``)."""
+    from .preprocess import _to_8bit, decode_image  # 16-bit and transparent images shown as the model reads them
 
+    w, h = upload.size
+    f = min(1.0, max_side / max(w, h))
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    img = upload.image
+    if img.width < size[0]:  # a JPEG decoded at a fraction of its size for the model: again, to be shown
+        img = decode_image(upload.data, max_pixels=w * h, draft_size=size)
     rgb = _to_8bit(img).convert("RGB")
-    f = min(1.0, max_side / max(rgb.size))
-    if f < 1.0:
-        rgb = rgb.resize((max(1, round(rgb.width * f)), max(1, round(rgb.height * f))), Image.Resampling.LANCZOS)
-        box = tuple(v * f for v in box)
-    return overlay(np.asarray(rgb), place_heatmap(heat, box, rgb.size))
+    if rgb.size != size:
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+    sx, sy = size[0] / upload.image.width, size[1] / upload.image.height
+    y0, y1, x0, x1 = upload.box
+    return overlay(np.asarray(rgb), place_heatmap(heat, (y0 * sy, y1 * sy, x0 * sx, x1 * sx), size))
 
 
 @dataclass
 class Upload:
-    """An upload as the model takes it: the decoded image, the model input made from it by the one
-    preprocessing function, and the region of the image that input shows."""
+    """An upload as the model takes it: ``image`` decoded for the model (a large JPEG at a
+    fraction of its size), the model input made from it by the one preprocessing function, the
+    region of ``image`` that input shows, and the upload's own ``size`` (width, height)."""
 
+    data: bytes
     image: Image.Image
     pixels: np.ndarray
     box: tuple[float, float, float, float]
+    size: tuple[int, int]
 
 
 def read_upload(data: bytes, spec, *, max_pixels: int) -> Upload:
@@ -274,7 +283,9 @@ def read_upload(data: bytes, spec, *, max_pixels: int) -> Upload:
     from .preprocess import decode_image, draft_size, input_box, to_model_input
 
     img = decode_image(data, max_pixels=max_pixels, draft_size=draft_size(spec))
-    return Upload(image=img, pixels=to_model_input(img, spec), box=input_box(img, spec))
+    with Image.open(io.BytesIO(data)) as header:  # decoded above: the size before any draft
+        size = header.size
+    return Upload(data=data, image=img, pixels=to_model_input(img, spec), box=input_box(img, spec), size=size)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

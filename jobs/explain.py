@@ -81,7 +81,7 @@ def _explain_one(explainer, uri: str, stem: str, config: ExplainConfig, tmp: Pat
         return {"image": uri, "error": str(exc)}
     e = explainer.explain(upload.pixels, config.method)[0]
     (tmp / f"{stem}.png").write_bytes(explain.png_bytes(
-        explain.upload_overlay(upload.image, e.heatmap, upload.box, config.max_side)))
+        explain.upload_overlay(upload, e.heatmap, config.max_side)))
     seen = explain.input_image(upload.pixels, explainer.card.preprocess_spec.scale)
     k = max(1, INPUT_VIEW_SIDE // max(seen.shape[:2]))
     big = np.kron(seen, np.ones((k, k) + (1,) * (seen.ndim - 2), np.uint8))
@@ -89,7 +89,7 @@ def _explain_one(explainer, uri: str, stem: str, config: ExplainConfig, tmp: Pat
     item = {"image": uri, "overlay": f"{stem}.png", "input_overlay": f"{stem}.input.png",
             "predicted": explainer.card.class_names[e.class_index], "probability": round(e.probability, 6),
             "method": e.method, "layer": e.layer, "heatmap_shape": list(e.heatmap.shape),
-            "image_size": list(upload.image.size), "input_box": [round(v, 2) for v in upload.box]}
+            "image_size": list(upload.size), "input_box": [round(v, 2) for v in upload.box]}
     (tmp / f"{stem}.json").write_text(json.dumps(item, indent=2) + "\n")
     return item
 

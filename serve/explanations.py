@@ -32,7 +32,7 @@ def _b64_png(pixels: np.ndarray) -> str:
 
 
 def _draw(upload: explain.Upload, heatmap: np.ndarray) -> dict:
-    shown = explain.upload_overlay(upload.image, heatmap, upload.box, OVERLAY_MAX_SIDE)
+    shown = explain.upload_overlay(upload, heatmap, OVERLAY_MAX_SIDE)
     return {"overlay_png": _b64_png(shown), "overlay_size": [shown.shape[1], shown.shape[0]],
             "heatmap_png": _b64_png(np.rint(heatmap * 255).astype(np.uint8))}
 

@@ -97,10 +97,32 @@ def test_the_heat_falls_on_the_object_of_an_upload_and_nowhere_else(trained_mode
     inside = np.zeros_like(placed, bool)
     inside[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
     assert placed[~inside].max() == 0 and placed[inside].max() > 0.9
-    shown = explain.upload_overlay(upload.image, heat, upload.box, max_side=120)
+    shown = explain.upload_overlay(upload, heat, max_side=120)
     assert shown.shape == (90, 120, 3) and shown.dtype == np.uint8
     # Cold pixels show the photo as it is (white here); hot ones are coloured.
     assert (shown[:40, 60:] == 255).all() and shown[50:78, 15:43].std() > 5
+
+
+def test_a_large_jpeg_is_shown_at_its_own_size_though_decoded_smaller_for_the_model(trained_models):
+    explainer = explain.load_explainer(trained_models["softmax"])
+    photo = Image.new("RGB", (640, 480), (240, 240, 235))
+    photo.paste(Image.new("RGB", (200, 300), (40, 60, 90)), (300, 100))
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=90)
+    upload = explain.read_upload(buf.getvalue(), explainer.card.preprocess_spec, max_pixels=10**7)
+    assert upload.size == (640, 480) and upload.image.width < 640  # the model's decode is a JPEG draft
+    heat = explainer.explain(upload.pixels, "gradcam")[0].heatmap
+    shown = explain.upload_overlay(upload, heat, max_side=512)
+    assert shown.shape == (384, 512, 3)
+    # The box (in the draft's pixels) holds the garment, x 300-500 and y 100-400 at 640 px, padded
+    # to a square; the heat lies inside it, at 512 px.
+    f = 640 / upload.image.width
+    y0, y1, x0, x1 = (v * f for v in upload.box)
+    assert x0 <= 302 and x1 >= 498 and y0 <= 102 and y1 >= 398 and x1 - x0 == pytest.approx(y1 - y0, abs=2 * f)
+    hot = np.abs(shown.astype(int) - np.asarray(photo.resize((512, 384))).astype(int)).sum(axis=-1) > 60
+    ys, xs = np.nonzero(hot)
+    assert len(ys) > 1000
+    assert xs.min() >= x0 * 0.8 - 2 and xs.max() <= x1 * 0.8 + 2 and ys.min() >= y0 * 0.8 - 2 and ys.max() <= y1 * 0.8 + 2
 
 
 def test_input_box_of_the_old_pipeline_is_its_letterbox():
