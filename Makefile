@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export VITRINE_CACHE_DIR ?= $(abspath .vitrine/cache)
 PYTEST_ARGS ?=
 
-.PHONY: setup check-build-tools lock image image-tag run batch serve test reliability smoke audit clean
+.PHONY: setup check-build-tools lock image image-tag run batch serve screenshot test reliability smoke audit clean
 
 # Exact versions with hashes (requirements/, made by `make lock` from pyproject.toml), for CPython
 # 3.11 on x86_64 Linux: lock-test.txt is what `make setup` installs here and in CI (CPU TensorFlow
@@ -88,6 +88,12 @@ batch: setup
 
 serve: setup
 	$(BIN)/vitrine serve --port $(SERVE_PORT)
+
+# The README's pictures of the page: the browser test's screenshots, taken against the service that
+# `make run` (or `make serve`) keeps up on SERVE_PORT, into docs/img/.
+screenshot: setup
+	VITRINE_PAGE_URL=http://127.0.0.1:$(SERVE_PORT) VITRINE_SCREENSHOT_DIR=$(abspath docs/img) \
+		$(BIN)/python -m pytest tests/serve/test_web_page.py -k screenshots -q
 
 smoke: setup
 	$(BIN)/vitrine tune --grid $(GRID) --smoke-test

@@ -3,6 +3,9 @@ against the app running on local Ray.
 
     apt-get install -y chromium          # once; the test fails without it
     pytest tests/serve/test_web_page.py  # VITRINE_SKIP_BROWSER=1 skips it instead
+
+``make screenshot`` runs the screenshot test against the service ``make run`` started
+(``VITRINE_PAGE_URL``) and keeps the desktop picture in ``VITRINE_SCREENSHOT_DIR`` (the README's).
 """
 
 import os
@@ -19,7 +22,7 @@ CHROMIUM = os.environ.get("VITRINE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000  # a search on two shared cores, the first one loading the model
-SCREENSHOT = Path("/tmp/vitrine-page.png")
+SCREENSHOT_DIR = Path(os.environ.get("VITRINE_SCREENSHOT_DIR", "/tmp"))
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +49,13 @@ def browser(chromium_path):
         b = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(request):
+    """A running service (``VITRINE_PAGE_URL``), or the test app over the test store."""
+    url = os.environ.get("VITRINE_PAGE_URL", "").rstrip("/")
+    return url or request.getfixturevalue("deploy_app")(request.getfixturevalue("serving_store"))
 
 
 @pytest.fixture
@@ -200,7 +210,8 @@ def test_busy_while_searching_and_screenshots(page, browser, app_url, catalogue_
     shot = tmp_path / "vitrine-page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 0 and shot.read_bytes().startswith(b"\x89PNG")
-    shutil.copyfile(shot, SCREENSHOT)
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, SCREENSHOT_DIR / "vitrine-page.png")
 
     # a phone-sized viewport: nothing wider than the screen
     phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
@@ -215,7 +226,7 @@ def test_busy_while_searching_and_screenshots(page, browser, app_url, catalogue_
         mobile = tmp_path / "vitrine-page-phone.png"
         pg.screenshot(path=str(mobile), full_page=True)
         assert mobile.stat().st_size > 0
-        shutil.copyfile(mobile, SCREENSHOT.with_name("vitrine-page-phone.png"))
+        shutil.copyfile(mobile, Path("/tmp/vitrine-page-phone.png"))  # for a look; the README shows the desktop one
     finally:
         phone.close()
 
