@@ -12,6 +12,7 @@ the catalogue grows, and no hash set over the catalogue's ids is built per batch
 
 from __future__ import annotations
 
+import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+log = logging.getLogger("vitrine.embed")
 
 KEY_COLUMNS = ["item_id", "image_uri", "content_sha256"]
 META_COLUMNS = ["category", "sub_category"]  # follow the catalogue; carried rows get its current values
@@ -46,6 +49,7 @@ class Plan:
     removed: int  # previous rows whose item is gone from the catalogue
     # For each previous row (file order): the catalogue row that keeps it, or -1.
     carry_from: np.ndarray | None = None
+    previous: PreviousRun | None = None  # what is carried from; dropped once carried (run_rows)
 
 
 def previous_keys(run_uri: str) -> PreviousRun:
@@ -71,6 +75,25 @@ def previous_keys(run_uri: str) -> PreviousRun:
     return PreviousRun(uri=run_uri, keys=keys, files=[(n, t.num_rows) for n, t in zip(names, tables)])
 
 
+def previous_run(runs_uri: str, card):
+    """``(run_id, its PreviousRun, rejected item ids)`` of the model's LATEST run, or
+    ``(None, None, None)`` when there is none or another model made it."""
+    from artifacts import embeddings, publish
+
+    try:
+        run_id = publish.latest_id(runs_uri)
+    except publish.NotPublishedError:
+        return None, None, None
+    uri = publish.artifact_uri(runs_uri, run_id)
+    manifest = embeddings.read_manifest(uri)
+    if manifest.model_id != card.model_id or manifest.embedding_dim != card.embedding_dim:
+        log.warning("LATEST run %s was made by %s (dim %d), not %s (dim %d): embedding everything",
+                    run_id, manifest.model_id, manifest.embedding_dim, card.model_id, card.embedding_dim)
+        return None, None, None
+    rejected = embeddings.read_errors(uri).column("item_id").combine_chunks()
+    return run_id, previous_keys(uri), rejected
+
+
 def plan(items: pa.Table, previous: PreviousRun | None, listed: pa.Array | None = None) -> Plan:
     """Split the catalogue against the previous run: same item id, same content hash and same
     image URI → carry the previous row over; otherwise embed. A URI that moved is read again:
@@ -92,7 +115,8 @@ def plan(items: pa.Table, previous: PreviousRun | None, listed: pa.Array | None 
     prev_rows = pc.take(pos, pa.array(item_rows)).to_numpy(zero_copy_only=False).astype(np.int64)
     carry_from = np.full(keys.num_rows, -1, np.int64)
     carry_from[prev_rows] = item_rows
-    return Plan(todo=items.filter(pc.invert(same)), carried=len(item_rows), removed=removed, carry_from=carry_from)
+    return Plan(todo=items.filter(pc.invert(same)), carried=len(item_rows), removed=removed, carry_from=carry_from,
+                previous=previous)
 
 
 def kinds(ids: pa.Array, previous_ids: pa.Array | None, rejected_ids: pa.Array | None) -> dict:

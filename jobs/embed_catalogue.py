@@ -52,17 +52,13 @@ import time
 from dataclasses import dataclass, field
 
 from artifacts.logs import setup_logging
+from embedding import catalogue_items, run_outcome, run_plan, run_rows
 from jobs import flags
-
-from embedding import ray_pipeline, run_plan
-from embedding.service_client import ServiceUnavailable, embed_via_service
-from embedding.stages import Embedder, decode_batch
 
 log = logging.getLogger("vitrine.embed")
 
 DEFAULT_CATALOGUE = ("catalogues", "fashion-mnist-train")  # under the storage root
 COUNT_KEYS = ("total", "new", "changed", "unchanged", "retried", "removed", "failed", "embedded")
-_ITEM_COLUMNS = ("item_id", "image_uri", "category", "sub_category", "content_sha256")
 @dataclass(frozen=True)
 class EmbedConfig:
     # Image folders, a directory with a manifest, or a manifest file (local or s3://);
@@ -136,19 +132,6 @@ class EmbedFailedError(RuntimeError):
     """Too many items failed; the run was not published."""
 
 
-_LOCAL_EMBEDDER: dict[tuple[str, str], Embedder] = {}
-
-
-def _local_embedder(model_uri: str, model_id: str) -> Embedder:
-    """One Embedder per process for the in-process path: a scheduler or a benchmark that runs
-    several incremental jobs pays TensorFlow start-up and model loading once."""
-    key = (model_uri, model_id)
-    if key not in _LOCAL_EMBEDDER:
-        _LOCAL_EMBEDDER.clear()
-        _LOCAL_EMBEDDER[key] = Embedder(model_uri, threads=0)
-    return _LOCAL_EMBEDDER[key]
-
-
 # ---------------------------------------------------------------------------------------------
 # The job
 
@@ -159,17 +142,12 @@ def run(config: EmbedConfig) -> EmbedResult:
     Raises :class:`EmbedFailedError` (and publishes nothing) when more than
     ``max_failure_share`` of the catalogue's items could not be embedded.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from artifacts import (catalogue, catalogue_listing, embeddings, image_bytes, image_roots, model_artifact, publish,
-                           storage)
-    from artifacts.configuration import to_dict
+    from artifacts import embeddings, model_artifact, publish, storage
     from artifacts.model_card import CARD_FILE
 
     t0 = time.perf_counter()
     timings: dict = {}
-    started_at = _now_iso()
+    started_at = run_outcome.now_iso()
     if config.smoke_test:
         config = dataclasses.replace(config, limit=config.limit or 64, local_max_items=0)
     if not 0.0 <= config.max_failure_share <= 1.0:
@@ -181,38 +159,46 @@ def run(config: EmbedConfig) -> EmbedResult:
     runs_uri = embeddings.model_runs_uri(root, card.model_id)
     run_id = publish.check_id(config.run_id) if config.run_id else publish.new_id("run")
     run_uri = publish.artifact_uri(runs_uri, run_id)
-    errors_uri = storage.join(run_uri, embeddings.ERRORS_DIR)
+    done = _complete_run(runs_uri, run_id, run_uri)
+    if done is not None:
+        return dataclasses.replace(done, wall_time_s=time.perf_counter() - t0)
 
-    if storage.exists(storage.join(run_uri, embeddings.MANIFEST)):
-        manifest = embeddings.read_manifest(run_uri)
-        published = _publish_if_newer(runs_uri, run_id, manifest)
-        log.info("run %s is already complete; returning it as is", run_uri)
-        return EmbedResult(run_id=run_id, run_uri=run_uri, model_id=manifest.model_id, counts=manifest.counts,
-                           previous_run=manifest.previous_run, published=published, reused=True,
-                           wall_time_s=time.perf_counter() - t0, errors_uri=errors_uri)
-    if storage.exists(run_uri):
-        log.warning("removing %s: an earlier attempt of run %s did not finish (no manifest)", run_uri, run_id)
-        storage.delete_dir(run_uri)
-
-    listed = catalogue_listing.list_catalogue(config.catalogue, allowed_prefixes=config.allowed_image_prefixes,
-                                              keep_refused=True, category_level=config.category_level)
-    if catalogue.SUB_CATEGORY not in listed.column_names:
-        listed = listed.append_column(catalogue.SUB_CATEGORY, pa.nulls(listed.num_rows, pa.string()))
-    elif not pa.types.is_string(listed.schema.field(catalogue.SUB_CATEGORY).type):
-        listed = listed.set_column(listed.schema.get_field_index(catalogue.SUB_CATEGORY), catalogue.SUB_CATEGORY,
-                                   listed.column(catalogue.SUB_CATEGORY).cast(pa.string()))
-    listed = listed.select([*_ITEM_COLUMNS, catalogue.REFUSED])
-    if config.limit > 0:
-        listed = listed.slice(0, config.limit)
-    total = listed.num_rows
-    items, refused = _split_refused(listed)
-    roots = image_roots.catalogue_roots(config.catalogue, config.allowed_image_prefixes)
-    if refused.num_rows:
-        log.warning("catalogue %s: %d item(s) name images outside the catalogue roots %s; not reading them "
-                    "(errors/ has each reason)", config.catalogue, refused.num_rows, list(roots))
+    listing = catalogue_items.list_items(config.catalogue, allowed_prefixes=config.allowed_image_prefixes,
+                                         category_level=config.category_level, limit=config.limit)
     timings["list_s"] = time.perf_counter() - t0
+    previous_run, plan, items, counts, early = _plan_run(config, runs_uri, card, listing, timings)
+    latest_before = run_outcome.latest_run(runs_uri)  # for the error message: storage may be down by then
+    try:
+        filled = run_rows.fill_run(run_uri, plan=plan, items=items, model_uri=model_uri,
+                                   card=card, config=config, early_errors=early, timings=timings)
+    except Exception as exc:
+        # Storage gone, a node lost past Ray's retries, a model that does not load: one sentence
+        # a scheduler's alert can show, with the root cause, and the fact that nothing changed.
+        raise EmbedFailedError(
+            f"embedding run {run_id} failed and was NOT published (LATEST unchanged: "
+            f"{latest_before or 'no earlier run'}): {run_outcome.root_cause(exc)}") from exc
+    counts.update(failed=filled.failed, embedded=filled.embedded)
+    _check_counts(filled, listing.total, config, run_id, run_uri)
+    published = _write_manifest(run_uri, runs_uri, run_id, config, card, model_uri, root, counts, previous_run,
+                                started_at, listing.roots)
+    wall = time.perf_counter() - t0
+    timings["wall_s"] = wall
+    log.info("%s %s in %.1f s: %s", "published" if published else "wrote (LATEST unchanged)", run_uri, wall,
+             ", ".join(f"{k} {counts[k]}" for k in COUNT_KEYS))
+    return EmbedResult(run_id=run_id, run_uri=run_uri, model_id=card.model_id, counts=counts,
+                       previous_run=previous_run, published=published, reused=False, wall_time_s=wall,
+                       errors_uri=storage.join(run_uri, embeddings.ERRORS_DIR), timings=timings)
 
-    previous_run, previous, rejected = (None, None, None) if config.full else _previous_run(runs_uri, card)
+
+def _plan_run(config: EmbedConfig, runs_uri: str, card, listing, timings: dict):
+    """What to carry over from the model's previous run and what to embed, with the counts and the
+    rows already rejected: ``(previous run id, plan, items, counts, error tables)``."""
+    import pyarrow as pa
+
+    from artifacts import embeddings, image_bytes
+
+    items = listing.items
+    previous_run, previous, rejected = (None, None, None) if config.full else run_plan.previous_run(runs_uri, card)
     failed_early: list[dict] = []
     if previous is not None and items.column("content_sha256").null_count:
         # Without hashes in the catalogue, deciding what changed means reading every image once;
@@ -220,231 +206,75 @@ def run(config: EmbedConfig) -> EmbedResult:
         t = time.perf_counter()
         items, failed_early = image_bytes.fill_hashes(items, threads=config.io_threads)
         timings["hash_s"] = time.perf_counter() - t
-    dim = int(card.embedding_dim)
-    plan = run_plan.plan(items, previous, listed=listed.column("item_id").combine_chunks())
+    plan = run_plan.plan(items, previous, listed=listing.listed_ids)
+    counts = _plan_counts(listing, plan, previous, rejected, failed_early)
+    log.info("catalogue %s: %d items; model %s; previous run %s: %d unchanged (carried over), %d new, "
+             "%d changed, %d retried, %d removed", config.catalogue, listing.total, card.model_id,
+             previous_run or "none", counts["unchanged"], counts["new"], counts["changed"], counts["retried"],
+             counts["removed"])
+    early = [pa.Table.from_pylist(failed_early, schema=embeddings.ERRORS_SCHEMA)] if failed_early else []
+    early += [listing.refused] if listing.refused.num_rows else []
+    return previous_run, plan, items, counts, early
+
+
+def _complete_run(runs_uri: str, run_id: str, run_uri: str) -> EmbedResult | None:
+    """A run of this id that finished earlier, returned as is (publishing it if a crash stopped
+    that); an unfinished one is removed, to be made again."""
+    from artifacts import embeddings, storage
+
+    if storage.exists(storage.join(run_uri, embeddings.MANIFEST)):
+        manifest = embeddings.read_manifest(run_uri)
+        published = run_outcome.publish_if_newer(runs_uri, run_id, manifest)
+        log.info("run %s is already complete; returning it as is", run_uri)
+        return EmbedResult(run_id=run_id, run_uri=run_uri, model_id=manifest.model_id, counts=manifest.counts,
+                           previous_run=manifest.previous_run, published=published, reused=True, wall_time_s=0.0,
+                           errors_uri=storage.join(run_uri, embeddings.ERRORS_DIR))
+    if storage.exists(run_uri):
+        log.warning("removing %s: an earlier attempt of run %s did not finish (no manifest)", run_uri, run_id)
+        storage.delete_dir(run_uri)
+    return None
+
+
+def _plan_counts(listing, plan, previous, rejected, failed_early: list[dict]) -> dict:
+    import pyarrow as pa
+
     not_carried = pa.concat_arrays([plan.todo.column("item_id").combine_chunks(),
                                     pa.array([f["item_id"] for f in failed_early], pa.string()),
-                                    refused.column("item_id").combine_chunks()])
-    counts = {"total": total, **run_plan.kinds(not_carried, None if previous is None else previous.item_ids,
-                                               rejected),
-              "unchanged": plan.carried, "removed": plan.removed}
-    del not_carried
-    log.info("catalogue %s: %d items; model %s; previous run %s: %d unchanged (carried over), %d new, "
-             "%d changed, %d retried, %d removed", config.catalogue, total, card.model_id, previous_run or "none",
-             counts["unchanged"], counts["new"], counts["changed"], counts["retried"], counts["removed"])
+                                    listing.refused.column("item_id").combine_chunks()])
+    return {"total": listing.total,
+            **run_plan.kinds(not_carried, None if previous is None else previous.item_ids, rejected),
+            "unchanged": plan.carried, "removed": plan.removed}
 
-    writer = embeddings.RunWriter(run_uri, dim, config.rows_per_file, prefix="part-d-")
-    error_tables = [pa.Table.from_pylist(failed_early, schema=embeddings.ERRORS_SCHEMA)] if failed_early else []
-    if refused.num_rows:
-        error_tables.append(refused)
-    todo = plan.todo
-    latest_before = _latest_run(runs_uri)  # for the error message: storage may be down by then
-    embedded = failed = 0
-    try:
-        t = time.perf_counter()
-        carried = run_plan.carry(previous, plan, items, writer) if plan.carried else 0
-        previous = None  # its keys, from here on not needed
-        timings["carry_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        if todo.num_rows:
-            timings["mode"], batches = _embedding_path(todo, model_uri, card, config, run_uri)
-            progress = _Progress(todo.num_rows)
-            reported: dict[str, set[str]] = {embeddings.DATA_DIR: set(), embeddings.ERRORS_DIR: set()}
-            for batch in batches:
-                if "error" in batch.column_names:  # rows embedded here or by the service: written here
-                    ok, bad = ray_pipeline.split_output(batch, dim)
-                    writer.write(ok)
-                    if bad.num_rows:
-                        error_tables.append(bad)
-                    ok_rows, bad_rows = ok.num_rows, bad.num_rows  # counted with errors, below
-                    embedded += ok_rows
-                else:  # the pipeline's workers wrote their rows; these are their reports
-                    for key, directory in (("data_file", embeddings.DATA_DIR), ("errors_file", embeddings.ERRORS_DIR)):
-                        reported[directory].update(n for n in batch.column(key).to_pylist() if n)
-                    ok_rows, bad_rows = (int(pc.sum(batch.column(c)).as_py() or 0) for c in ("rows", "failed"))
-                    embedded += ok_rows
-                    failed += bad_rows  # rows of the workers' own errors/ files
-                progress.update(ok_rows, bad_rows)
-            progress.done()
-            if timings["mode"] == "ray-data":
-                ray_pipeline.remove_unreported(run_uri, reported)
-        timings["embed_s"] = time.perf_counter() - t
-        writer.close()
-        errors = pa.concat_tables(error_tables) if error_tables else embeddings.ERRORS_SCHEMA.empty_table()
-        embeddings.write_part(run_uri, embeddings.ERRORS_DIR, "part-d-00000.parquet", errors)
-    except Exception as exc:
-        # Storage gone, a node lost past Ray's retries, a model that does not load: one sentence
-        # a scheduler's alert can show, with the root cause, and the fact that nothing changed.
-        raise EmbedFailedError(
-            f"embedding run {run_id} failed and was NOT published (LATEST unchanged: "
-            f"{latest_before or 'no earlier run'}): {_root_cause(exc)}") from exc
-    counts["failed"] = failed + errors.num_rows
-    counts["embedded"] = embedded
-    if carried + embedded + counts["failed"] != total:
-        raise RuntimeError(f"internal error: {carried} rows carried + {embedded} embedded + {counts['failed']} "
-                           f"failed != {total} items")
 
-    if total and counts["failed"] / total > config.max_failure_share:
-        reasons = _top_reasons(embeddings.read_errors_dir(run_uri))
+def _check_counts(filled, total: int, config: EmbedConfig, run_id: str, run_uri: str) -> None:
+    from artifacts import embeddings, storage
+
+    if filled.carried + filled.embedded + filled.failed != total:
+        raise RuntimeError(f"internal error: {filled.carried} rows carried + {filled.embedded} embedded + "
+                           f"{filled.failed} failed != {total} items")
+    if total and filled.failed / total > config.max_failure_share:
+        reasons = run_outcome.top_reasons(embeddings.read_errors_dir(run_uri))
         raise EmbedFailedError(
-            f"{counts['failed']} of {total} items ({counts['failed'] / total:.1%}) could not be embedded, more than "
+            f"{filled.failed} of {total} items ({filled.failed / total:.1%}) could not be embedded, more than "
             f"max_failure_share={config.max_failure_share:.1%}; run {run_id} was NOT published "
-            f"(LATEST unchanged). Most common reasons: {reasons}. All rejected items: {errors_uri}")
+            f"(LATEST unchanged). Most common reasons: {reasons}. All rejected items: "
+            f"{storage.join(run_uri, embeddings.ERRORS_DIR)}")
+
+
+def _write_manifest(run_uri, runs_uri, run_id, config, card, model_uri, root, counts, previous_run, started_at,
+                    roots) -> bool:
+    """The manifest, last of the run's files; then LATEST moves (when the run is newer)."""
+    from artifacts import embeddings, storage
+    from artifacts.configuration import to_dict
 
     manifest = embeddings.RunManifest(
-        run_id=run_id, model_id=card.model_id, catalogue=config.catalogue, embedding_dim=dim, counts=counts,
-        previous_run=previous_run, started_at=started_at, finished_at=_now_iso(),
+        run_id=run_id, model_id=card.model_id, catalogue=config.catalogue,
+        embedding_dim=int(card.embedding_dim), counts=counts, previous_run=previous_run, started_at=started_at,
+        finished_at=run_outcome.now_iso(),
         # catalogue_roots, absolute: what build-index records for the item-image route.
         config={**to_dict(config), "model": model_uri, "out": root, "catalogue_roots": list(roots)})
     storage.write_text(storage.join(run_uri, embeddings.MANIFEST), manifest.to_json())
-    published = _publish_if_newer(runs_uri, run_id, manifest)
-    wall = time.perf_counter() - t0
-    timings["wall_s"] = wall
-    log.info("%s %s in %.1f s: %s", "published" if published else "wrote (LATEST unchanged)", run_uri, wall,
-             ", ".join(f"{k} {counts[k]}" for k in COUNT_KEYS))
-    return EmbedResult(run_id=run_id, run_uri=run_uri, model_id=card.model_id, counts=counts,
-                       previous_run=previous_run, published=published, reused=False, wall_time_s=wall,
-                       errors_uri=errors_uri, timings=timings)
-
-
-def _split_refused(listed):
-    """``(items to consider, refused rows in the errors schema)`` of a listing with reasons."""
-    import pyarrow.compute as pc
-
-    from artifacts.catalogue import REFUSED
-    from artifacts.embeddings import ERRORS_SCHEMA
-
-    bad = pc.is_valid(listed.column(REFUSED))
-    refused = listed.filter(bad).select(["item_id", "image_uri", REFUSED])
-    return (listed.filter(pc.invert(bad)).select(list(_ITEM_COLUMNS)),
-            refused.rename_columns(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA))
-
-
-def _previous_run(runs_uri: str, card):
-    """(run_id, its ids/URIs/hashes table, rejected item ids) of the model's LATEST run, or
-    (None, None, None) when there is none."""
-    from artifacts import embeddings, publish
-
-    try:
-        run_id = publish.latest_id(runs_uri)
-    except publish.NotPublishedError:
-        return None, None, None
-    uri = publish.artifact_uri(runs_uri, run_id)
-    manifest = embeddings.read_manifest(uri)
-    if manifest.model_id != card.model_id or manifest.embedding_dim != card.embedding_dim:
-        log.warning("LATEST run %s was made by %s (dim %d), not %s (dim %d): embedding everything",
-                    run_id, manifest.model_id, manifest.embedding_dim, card.model_id, card.embedding_dim)
-        return None, None, None
-    rejected = embeddings.read_errors(uri).column("item_id").combine_chunks()
-    return run_id, run_plan.previous_keys(uri), rejected
-
-
-def _embedding_path(todo, model_uri: str, card, config: EmbedConfig, run_uri: str):
-    """(mode, iterable of tables) for the items to embed: a small increment through the service
-    when it serves this model, else here (embedder output rows, which this process writes);
-    anything larger with Ray Data, whose workers write the rows (their reports)."""
-    if todo.num_rows > config.local_max_items:
-        return "ray-data", ray_pipeline.embed_with_ray_data(todo, model_uri, card, config, run_uri)
-    if config.service_url:
-        try:
-            return "service", embed_via_service(todo, card, url=config.service_url, batch_size=config.batch_size,
-                                                io_threads=config.io_threads, timeout_s=config.service_timeout_s)
-        except ServiceUnavailable as exc:
-            log.warning("not embedding through the service at %s: %s; embedding here instead", config.service_url, exc)
-    return "in-process", _embed_here(todo, model_uri, card, config)
-
-
-def _embed_here(todo, model_uri: str, card, config: EmbedConfig):
-    embedder = _local_embedder(model_uri, card.model_id)
-    spec = card.preprocess_spec.to_dict()
-    for start in range(0, todo.num_rows, config.batch_size):
-        yield embedder(decode_batch(todo.slice(start, config.batch_size), spec=spec, io_threads=config.io_threads))
-
-
-def _latest_run(runs_uri: str) -> str | None:
-    from artifacts import publish
-
-    try:
-        return publish.latest_id(runs_uri)
-    except Exception:  # storage may be the very thing that is down
-        return None
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost ``SomeError: message`` line: Ray wraps a worker's error in tracebacks."""
-    import re
-
-    chain, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        chain.append(exc)
-        exc = exc.__cause__ or getattr(exc, "cause", None)
-    pattern = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (\S.*)$")
-    for e in reversed(chain):
-        found = [m for m in map(pattern.match, str(e).splitlines()) if m]
-        if found:
-            return f"{found[-1].group(1)}: {found[-1].group(2)}"[:500]
-    return f"{type(chain[-1]).__name__}: {str(chain[-1]).strip()[:400]}"
-
-
-class _Progress:
-    def __init__(self, total: int, every_s: float = 5.0):
-        self.total, self.every_s = total, every_s
-        self.ok = self.bad = 0
-        self.t0 = self.last = time.perf_counter()
-
-    def update(self, ok: int, bad: int) -> None:
-        self.ok += ok
-        self.bad += bad
-        now = time.perf_counter()
-        if now - self.last >= self.every_s:
-            self.last = now
-            done = self.ok + self.bad
-            log.info("embedded %d/%d (%d failed), %.0f items/s", done, self.total, self.bad,
-                     done / max(now - self.t0, 1e-9))
-
-    def done(self) -> None:
-        dt = time.perf_counter() - self.t0
-        log.info("embedded %d/%d (%d failed) in %.1f s, %.0f items/s", self.ok + self.bad, self.total, self.bad,
-                 dt, (self.ok + self.bad) / max(dt, 1e-9))
-
-
-def _top_reasons(errors, k: int = 3) -> str:
-    from collections import Counter
-
-    reasons = Counter(r.split(":", 1)[0] for r in errors.column("reason").to_pylist())
-    return "; ".join(f"{r} ({n})" for r, n in reasons.most_common(k)) or "none"
-
-
-def _publish_if_newer(runs_uri: str, run_id: str, manifest) -> bool:
-    """Move LATEST to a complete run unless it covers part of the catalogue only (``--limit``,
-    smoke) or is older than the run LATEST names; a re-run finishes a publication a crash
-    interrupted. Runs are ordered by when they started (the catalogue snapshot they embed)."""
-    import calendar
-
-    from artifacts import embeddings, publish
-
-    limit = int((manifest.config or {}).get("limit") or 0)
-    if limit > 0 or (manifest.config or {}).get("smoke_test"):
-        log.info("not publishing %s: a partial run (limit %d%s) never moves LATEST", run_id, limit,
-                 ", smoke test" if (manifest.config or {}).get("smoke_test") else "")
-        return False
-    started = None  # manifests without started_at: publish falls back to the id's time or the file's
-    if manifest.started_at:
-        head, _, frac = manifest.started_at.rstrip("Z").partition(".")
-        started = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
-    try:
-        publish.publish(runs_uri, run_id, manifest_name=embeddings.MANIFEST, created_at=started)
-    except publish.StaleArtifactError as exc:
-        log.warning("%s", exc)
-        return False
-    return True
-
-
-def _now_iso() -> str:
-    # Milliseconds: _publish_if_newer orders runs by started_at.
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return run_outcome.publish_if_newer(runs_uri, run_id, manifest)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from PIL import Image
 from artifacts import (catalogue, catalogue_listing, catalogue_manifest, embeddings, image_bytes, model_artifact,
                        publish, storage)
 from artifacts.preprocess import PreprocessSpec
+from embedding import run_rows
 from jobs import cli, embed_catalogue
 from jobs.embed_catalogue import EmbedConfig, EmbedFailedError, run
 from jobs.export_catalogue import ExportConfig
@@ -81,7 +82,7 @@ def test_full_run_with_corrupt_images_then_incremental_run(tmp_path, ray_local, 
     edit_catalogue(cat, replace={i: mirrored_png for i in changed}, delete=deleted,
                    add={added: ("Bag", mirrored_png((cat / manifest[ids[0]]["image_uri"]).read_bytes()))})
     decoded, embedded = [], []
-    real_decode, real_call = embed_catalogue.decode_batch, embed_catalogue.Embedder.__call__
+    real_decode, real_call = run_rows.decode_batch, run_rows.Embedder.__call__
 
     def spy_decode(batch, **kw):
         decoded.extend(batch.column("item_id").to_pylist())
@@ -91,8 +92,8 @@ def test_full_run_with_corrupt_images_then_incremental_run(tmp_path, ray_local, 
         embedded.extend(batch.column("item_id").to_pylist())
         return real_call(self, batch)
 
-    monkeypatch.setattr(embed_catalogue, "decode_batch", spy_decode)
-    monkeypatch.setattr(embed_catalogue.Embedder, "__call__", spy_call)
+    monkeypatch.setattr(run_rows, "decode_batch", spy_decode)
+    monkeypatch.setattr(run_rows.Embedder, "__call__", spy_call)
 
     second = run(dataclasses.replace(config, run_id="run-2", local_max_items=256))
 
@@ -259,7 +260,7 @@ def test_decode_batch_turns_every_bad_row_into_a_reason(tmp_path):
         "category": ["x", None, None, None],
         "content_sha256": [None, "0" * 64, None, catalogue.content_sha256(good.read_bytes())],
     })
-    out = embed_catalogue.decode_batch(rows, spec=PreprocessSpec().to_dict())
+    out = run_rows.decode_batch(rows, spec=PreprocessSpec().to_dict())
     errors = out.column("error").to_pylist()
     assert errors[0] is None and errors[3] is None
     assert errors[1].startswith("content_sha256 mismatch: the catalogue says 000") and "missing.png" in errors[2]
