@@ -356,7 +356,8 @@ class HnswIndex:
         return index_files.save(self, uri, **provenance)
 
     @classmethod
-    def load(cls, uri: str, *, expected_dim: int | None = None, num_threads: int = 0) -> "HnswIndex":
+    def load(cls, uri: str, *, expected_dim: int | None = None, num_threads: int = 0,
+             with_hashes: bool = True) -> "HnswIndex":
         """Load an index directory, or the ``LATEST`` one under ``indexes/``, checked against its
         manifest (:func:`artifacts.index_files.load`)."""
-        return index_files.load(cls, uri, expected_dim=expected_dim, num_threads=num_threads)
+        return index_files.load(cls, uri, expected_dim=expected_dim, num_threads=num_threads, with_hashes=with_hashes)

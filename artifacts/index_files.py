@@ -64,14 +64,17 @@ def save(index: "HnswIndex", uri: str, *, index_id: str = "", model_id: str = ""
     return manifest
 
 
-def load(cls: type["HnswIndex"], uri: str, *, expected_dim: int | None = None, num_threads: int = 0) -> "HnswIndex":
+def load(cls: type["HnswIndex"], uri: str, *, expected_dim: int | None = None, num_threads: int = 0,
+         with_hashes: bool = True) -> "HnswIndex":
     """Load an index directory, or the ``LATEST`` one under an ``indexes/`` directory.
 
     Checks every file against the manifest (item count, dimension, categories) and, when
     given, the dimension a model produces. ``vectors.npy`` is memory-mapped, not read: the
     graphs already hold a copy of every vector, so a replica pages in only what exact search
     touches. A remote index's temporary copy is removed after loading; the mapping keeps the
-    unlinked file readable (POSIX) until the index is dropped.
+    unlinked file readable (POSIX) until the index is dropped. ``with_hashes=False`` leaves the
+    items' content hashes unread (``content_hashes`` None): only an update needs them, and at a
+    million items they are ~120 MB of Python strings in a search replica.
     """
     import pyarrow.parquet as pq
 
@@ -82,7 +85,9 @@ def load(cls: type["HnswIndex"], uri: str, *, expected_dim: int | None = None, n
         raise IndexLoadError(f"index {uri} holds {dim}-dimensional vectors but the model produces {expected_dim}")
     with storage.local_copy(uri) as local:
         _check_complete(uri, manifest, local)
-        items = pq.read_table(local / manifest.files["items"])
+        items_path = local / manifest.files["items"]
+        columns = None if with_hashes else [c for c in pq.read_schema(items_path).names if c != "content_sha256"]
+        items = pq.read_table(items_path, columns=columns)
         vectors = _read_vectors(uri, local / manifest.files["vectors"], rows, dim)
         deleted, hashes = _item_flags(uri, items, rows)
         graph = _read_graph(uri, manifest, local / manifest.files["index"], "the index", rows, deleted)

@@ -205,7 +205,8 @@ class ShardedIndex:
         shards = {}
         for s in mine:
             shard_uri = storage.join(uri, info[s]["dir"]) if info[s]["dir"] else uri
-            shard = HnswIndex.load(shard_uri, num_threads=num_threads)
+            # A search slot never updates an index: the items' content hashes stay unread.
+            shard = HnswIndex.load(shard_uri, num_threads=num_threads, with_hashes=False)
             if shard.dim != int(manifest.embedding_dim) or len(shard) != int(info[s]["items"]):
                 raise IndexLoadError(f"{shard_uri}: shard {s} holds {len(shard)} items of dimension {shard.dim}; "
                                      f"the index manifest says {info[s]['items']} of {manifest.embedding_dim}")

@@ -120,3 +120,15 @@ def test_the_byte_estimate_bounds_the_files_of_a_shard(tmp_path):
         assert shard["items"] <= 150
         # Files of a shard with sub-indexes for every category: within the estimate, not far below it.
         assert 0.5 * per_item * shard["items"] <= shard["bytes"] <= per_item * shard["items"] + 64 * 1024
+
+
+def test_a_search_slot_leaves_the_content_hashes_unread(clustered_data, tmp_path):
+    from tests.helpers import HNSW_TEST_PARAMS
+
+    ids, cats, vecs = clustered_data
+    uri = str(tmp_path / "idx")
+    HnswIndex.build(ids, cats, vecs, content_hashes=[f"h-{i}" for i in ids], **HNSW_TEST_PARAMS).save(uri, index_id="i")
+    assert HnswIndex.load(uri).content_hashes.tolist() == [f"h-{i}" for i in ids]  # what an update reads
+    (shard,) = ShardedIndex.load(uri).shards.values()
+    assert shard.content_hashes is None and len(shard) == len(ids)
+    assert shard.search(vecs[:1], 1)[0][0].item_id == ids[0]
