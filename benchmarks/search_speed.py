@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+SECTION = "## Serving (issue 4)"  # where the block goes in a file that has none yet
 BEGIN, END = "<!-- search_speed:begin -->", "<!-- search_speed:end -->"
 
 
@@ -146,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     if args.markdown:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from serve_load import write_markdown
+        from markdown_block import write_block
 
-        write_markdown(args.markdown, text, BEGIN, END)
+        write_block(args.markdown, text, BEGIN, END, SECTION)
     return 0
 
 
