@@ -199,9 +199,8 @@ def incremental_via_service(cat: Path, model: str, out: Path, storage_root: str,
 
 
 # ----------------------------------------------------------------------------------- driver
-def main(argv: list[str] | None = None) -> int:
+def _parser(storage_root: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    storage_root = os.environ.get("VITRINE_STORAGE", str(ROOT / ".vitrine"))
     p.add_argument("--catalogue", default=os.path.join(storage_root, "catalogues", "fashion-mnist-train"))
     p.add_argument("--model", default=os.path.join(storage_root, "models"))
     p.add_argument("--limit", type=int, default=0, help="first N items (0 = all; the target needs >= 20,000)")
@@ -211,26 +210,27 @@ def main(argv: list[str] | None = None) -> int:
                    help="storage root the search service serves for the last run (its model must be --model's)")
     p.add_argument("--_plain", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--_warm", nargs=3, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args._plain:
-        print(json.dumps(plain_loop(*args._plain, limit=args.limit)))
-        return 0
-    if args._warm:
-        print(json.dumps(warm_runs(*args._warm, share=args.changed)))
-        return 0
+    return p
 
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+def private_catalogue(catalogue: str, work: Path, limit: int) -> Path:
+    """A private copy: the benchmark edits images, and --limit trims the manifest."""
+    cat = work / "catalogue"
+    shutil.copytree(catalogue, cat)
+    if limit:
+        import pyarrow.parquet as pq
+
+        from artifacts.catalogue_manifest import write_manifest
+
+        write_manifest(pq.read_table(cat / "manifest.parquet").slice(0, limit), str(cat / "manifest.parquet"))
+    return cat
+
+
+def measure_all(args, env: dict) -> dict:
+    """Every run of the module docstring, in that order, on a private copy of the catalogue."""
     work = Path(tempfile.mkdtemp(prefix="vitrine-bench-"))
     try:
-        # A private copy: the benchmark edits images, and --limit trims the manifest.
-        cat = work / "catalogue"
-        shutil.copytree(args.catalogue, cat)
-        if args.limit:
-            import pyarrow.parquet as pq
-
-            from artifacts.catalogue_manifest import write_manifest
-
-            write_manifest(pq.read_table(cat / "manifest.parquet").slice(0, args.limit), str(cat / "manifest.parquet"))
+        cat = private_catalogue(args.catalogue, work, args.limit)
         me = [sys.executable, str(Path(__file__).resolve())]
         results = {}
         print("baseline: plain loop ...", flush=True)
@@ -256,10 +256,13 @@ def main(argv: list[str] | None = None) -> int:
                                                                  env, args.changed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return results
 
-    n = results["plain"]["items"]
+
+def table_rows(results: dict, changed: float) -> list[tuple[str, float, float | None]]:
+    """(run, seconds, peak RSS MB or None) for each line of the table."""
     w = results["warm"]["times"]
-    rows = [
+    return [
         ("plain loop (baseline), fresh process", results["plain"]["wall"], results["plain"]["peak_rss_mb"]),
         ("`vitrine embed --full` (Ray Data), fresh process starting its own Ray", results["ray_cold"]["wall"],
          results["ray_cold"]["peak_rss_mb"]),
@@ -269,36 +272,60 @@ def main(argv: list[str] | None = None) -> int:
          results["ray_running"][1]["wall"], None),
         ("Ray Data full run, warm process (1st job)", w["full_1"], None),
         ("Ray Data full run, warm process (2nd job)", w["full_2"], results["warm"]["peak_rss_mb"]),
-        (f"incremental, {args.changed:.0%} changed, warm process (loads the model)", w["incremental"], None),
-        (f"incremental, {args.changed:.0%} changed, warm process, model loaded (next night)", w["incremental_loaded"], None),
-        (f"incremental, {args.changed:.0%} changed, fresh process", results["incremental_cold"]["wall"],
+        (f"incremental, {changed:.0%} changed, warm process (loads the model)", w["incremental"], None),
+        (f"incremental, {changed:.0%} changed, warm process, model loaded (next night)", w["incremental_loaded"], None),
+        (f"incremental, {changed:.0%} changed, fresh process", results["incremental_cold"]["wall"],
          results["incremental_cold"]["peak_rss_mb"]),
-        (f"incremental, {args.changed:.0%} changed, fresh process, through the running service "
+        (f"incremental, {changed:.0%} changed, fresh process, through the running service "
          f"(mode: {results['incremental_service']['mode']})", results["incremental_service"]["wall"],
          results["incremental_service"]["peak_rss_mb"]),
     ]
+
+
+def speedups(results: dict) -> list[str]:
+    """The ratios the targets are about, as Markdown bullets."""
+    w = results["warm"]["times"]
+    return [f"- Ray Data job vs plain loop, both fresh processes: **{results['plain']['wall'] / results['ray_cold']['wall']:.2f}×** "
+            f"with the job starting its own Ray; as a job on a running Ray: "
+            f"**{results['plain']['wall'] / results['ray_running'][0]['wall']:.2f}×** (1st job), "
+            f"**{results['plain']['wall'] / results['ray_running'][1]['wall']:.2f}×** (2nd)",
+            f"- Ray Data job (warm, 2nd) vs plain loop: **{results['plain']['wall'] / w['full_2']:.2f}×**",
+            f"- Incremental ({results['warm']['changed']} changed) vs full run, warm process: "
+            f"**{w['full_2'] / w['incremental']:.1f}×** (model loaded: **{w['full_2'] / w['incremental_loaded']:.1f}×**); "
+            f"fresh processes: "
+            f"**{results['ray_cold']['wall'] / results['incremental_cold']['wall']:.1f}×**",
+            f"- Incremental, fresh process through the service (model {results['incremental_service']['served_model']}) "
+            f"vs full run, fresh driver on a running Ray (2nd job): "
+            f"**{results['ray_running'][1]['wall'] / results['incremental_service']['wall']:.1f}×**; vs the fresh "
+            f"full run with its own Ray: **{results['ray_cold']['wall'] / results['incremental_service']['wall']:.1f}×**",
+            f"- Incremental counts: `{json.dumps(results['warm']['counts'])}`; through the service: "
+            f"`{json.dumps(results['incremental_service']['counts'])}`"]
+
+
+def report(results: dict, args) -> str:
+    """The Markdown the benchmark prints (and appends to --markdown)."""
+    n = results["plain"]["items"]
     lines = [f"Catalogue: {n:,} images ({args.catalogue}); model {args.model}; {os.cpu_count()} CPUs; "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
              "| run | seconds | images/s | peak RSS (tree) |", "|:--|--:|--:|--:|"]
-    for name, secs, mem in rows:
+    for name, secs, mem in table_rows(results, args.changed):
         lines.append(f"| {name} | {secs:.1f} | {n / secs:,.0f} | {f'{mem:,.0f} MB' if mem else '–'} |")
-    lines += ["",
-              f"- Ray Data job vs plain loop, both fresh processes: **{results['plain']['wall'] / results['ray_cold']['wall']:.2f}×** "
-              f"with the job starting its own Ray; as a job on a running Ray: "
-              f"**{results['plain']['wall'] / results['ray_running'][0]['wall']:.2f}×** (1st job), "
-              f"**{results['plain']['wall'] / results['ray_running'][1]['wall']:.2f}×** (2nd)",
-              f"- Ray Data job (warm, 2nd) vs plain loop: **{results['plain']['wall'] / w['full_2']:.2f}×**",
-              f"- Incremental ({results['warm']['changed']} changed) vs full run, warm process: "
-              f"**{w['full_2'] / w['incremental']:.1f}×** (model loaded: **{w['full_2'] / w['incremental_loaded']:.1f}×**); "
-              f"fresh processes: "
-              f"**{results['ray_cold']['wall'] / results['incremental_cold']['wall']:.1f}×**",
-              f"- Incremental, fresh process through the service (model {results['incremental_service']['served_model']}) "
-              f"vs full run, fresh driver on a running Ray (2nd job): "
-              f"**{results['ray_running'][1]['wall'] / results['incremental_service']['wall']:.1f}×**; vs the fresh "
-              f"full run with its own Ray: **{results['ray_cold']['wall'] / results['incremental_service']['wall']:.1f}×**",
-              f"- Incremental counts: `{json.dumps(results['warm']['counts'])}`; through the service: "
-              f"`{json.dumps(results['incremental_service']['counts'])}`"]
-    text = "\n".join(lines) + "\n"
+    lines += ["", *speedups(results)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    storage_root = os.environ.get("VITRINE_STORAGE", str(ROOT / ".vitrine"))
+    args = _parser(storage_root).parse_args(argv)
+    if args._plain:
+        print(json.dumps(plain_loop(*args._plain, limit=args.limit)))
+        return 0
+    if args._warm:
+        print(json.dumps(warm_runs(*args._warm, share=args.changed)))
+        return 0
+
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    text = report(measure_all(args, env), args)
     print(text)
     if args.markdown:
         with open(args.markdown, "a") as f:

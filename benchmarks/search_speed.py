@@ -26,6 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cpu_usage import load_average
+from markdown_block import write_block
 
 SECTION = "## Serving (issue 4)"  # where the block goes in a file that has none yet
 BEGIN, END = "<!-- search_speed:begin -->", "<!-- search_speed:end -->"
@@ -57,7 +61,7 @@ def time_pair(fa, fb, queries, categories, warmup: int = 50, block: int = 100) -
     return ta, tb
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     storage_root = os.environ.get("VITRINE_STORAGE", str(ROOT / ".vitrine"))
     p.add_argument("--index", default=os.path.join(storage_root, "indexes"), help="index dir or indexes/ (LATEST)")
@@ -67,29 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ef", default="16,32,64,128", help="comma-separated ef values (the index's own is added)")
     p.add_argument("--blas-threads", type=int, default=1, help="numpy BLAS threads for exact search")
     p.add_argument("--markdown", help="write the table into this file's '## Serving (issue 4)' section")
-    args = p.parse_args(argv)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.blas_threads)  # before numpy loads BLAS
+    return p
 
+
+def exact_searcher(index, k: int):
+    """Exact search as ``fn(query, category)``; within a category, over that category's vectors
+    gathered once at load (HnswIndex.exact_search gathers them on every call, which would
+    flatter HNSW)."""
     import numpy as np
-
-    from artifacts.hnsw_index import HnswIndex
-
-    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    t0 = time.time()
-    index = HnswIndex.load(args.index, num_threads=1)
-    load_s = time.time() - t0
-    own_ef = int(index.ef)
-    n = len(index)
-    picks = np.random.default_rng(args.seed).choice(np.arange(n), size=min(args.queries, n), replace=False)
-    queries = index.vectors[picks]
-    own = index.categories_of(picks)
-    none = [None] * len(picks)
-    print(f"index {index.manifest.index_id}: {n:,} items, dim {index.dim}, ef {own_ef}, loaded in {load_s:.1f} s; "
-          f"{len(picks)} queries; load average {load_before}", flush=True)
-
-    def hnsw(q, c):
-        return index.search(q, args.k, c)
 
     from artifacts.vector_search import as_queries
 
@@ -98,35 +87,44 @@ def main(argv: list[str] | None = None) -> int:
 
     def exact(q, c):
         if c is None:
-            return index.exact_search(q, args.k)
-        # Within a category, exact search over that category's vectors gathered once at load
-        # (HnswIndex.exact_search gathers them on every call, which would flatter HNSW).
+            return index.exact_search(q, k)
         members, block = blocks[c]
-        pos, sim = index._exact(as_queries(q, index.dim), args.k, members, base=block)
+        pos, sim = index._exact(as_queries(q, index.dim), k, members, base=block)
         return index._hits(pos, sim)
 
-    _, library = time_pair(exact, lambda q, c: index.exact_search(q, args.k, c), queries[:200], own[:200])
-    library_own = _stats(library)
-    efs = sorted({own_ef, *(int(e) for e in args.ef.split(",") if e.strip())})
+    return exact
+
+
+def measure_efs(index, exact, efs: list[int], queries, own, n_picks: int, args) -> list[dict]:
+    """A row per ``ef`` and filter (unfiltered, the query's own category): HNSW and ``exact``
+    times, recall."""
+    none = [None] * len(own)
+
+    def hnsw(q, c):
+        return index.search(q, args.k, c)
+
     rows = []
     for ef in efs:
         index.set_ef(ef)
         for mode, cats in (("unfiltered", none), ("own category", own)):
             th, te = time_pair(hnsw, exact, queries, cats)
             h, e = _stats(th), _stats(te)
-            recall = index.measure_recall(k=args.k, sample=len(picks), seed=args.seed,
+            recall = index.measure_recall(k=args.k, sample=n_picks, seed=args.seed,
                                           category="own" if mode == "own category" else None)
             rows.append({"ef": ef, "mode": mode, "hnsw": h, "exact": e, "speedup_mean": e["mean"] / h["mean"],
                          "speedup_p50": e["p50"] / h["p50"], "recall": recall})
             print(f"ef {ef:>4} {mode:>13}: HNSW mean {h['mean']:.3f} p50 {h['p50']:.3f} p99 {h['p99']:.3f} ms | "
                   f"exact mean {e['mean']:.3f} p50 {e['p50']:.3f} p99 {e['p99']:.3f} ms | "
                   f"{e['mean'] / h['mean']:.1f}x | recall@{args.k} {recall:.4f}", flush=True)
-    index.set_ef(own_ef)
-    load_after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return rows
 
+
+def report(rows: list[dict], index, own_ef: int, n_picks: int, library_own: dict, load: tuple[str, str],
+           args) -> str:
+    """The Markdown: conditions, the table (the index's own ef in bold), the note on the library's filter."""
     lines = [(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs; load average "
-             f"(1/5/15 min) before {load_before}, after {load_after}; index `{index.manifest.index_id}` "
-             f"({n:,} items × {index.dim}, M={index.params.get('M')}, own ef={own_ef}); {len(picks)} catalogue "
+             f"(1/5/15 min) before {load[0]}, after {load[1]}; index `{index.manifest.index_id}` "
+             f"({len(index):,} items × {index.dim}, M={index.params.get('M')}, own ef={own_ef}); {n_picks} catalogue "
              f"vectors as queries (seed {args.seed}), k={args.k}; one hnswlib thread, {args.blas_threads} BLAS "
              f"thread(s) for exact search; per-query times in ms."), "",
              (f"| ef | filter | HNSW mean | HNSW p50 | HNSW p99 | exact mean | exact p50 | exact p99 | "
@@ -143,12 +141,41 @@ def main(argv: list[str] | None = None) -> int:
                   f"`HnswIndex.exact_search(q, k, category)`, which gathers them on every call, takes "
                   f"{library_own['mean']:.3f} ms mean / {library_own['p50']:.3f} ms p50 (first 200 queries). "
                   f"A target counts as met when both the mean and the p50 speedup reach 20×.")]
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.blas_threads)  # before numpy loads BLAS
+
+    import numpy as np
+
+    from artifacts.hnsw_index import HnswIndex
+
+    load_before = load_average()
+    t0 = time.time()
+    index = HnswIndex.load(args.index, num_threads=1)
+    load_s = time.time() - t0
+    own_ef = int(index.ef)
+    n = len(index)
+    picks = np.random.default_rng(args.seed).choice(np.arange(n), size=min(args.queries, n), replace=False)
+    queries = index.vectors[picks]
+    own = index.categories_of(picks)
+    print(f"index {index.manifest.index_id}: {n:,} items, dim {index.dim}, ef {own_ef}, loaded in {load_s:.1f} s; "
+          f"{len(picks)} queries; load average {load_before}", flush=True)
+
+    exact = exact_searcher(index, args.k)
+    _, library = time_pair(exact, lambda q, c: index.exact_search(q, args.k, c), queries[:200], own[:200])
+    library_own = _stats(library)
+    efs = sorted({own_ef, *(int(e) for e in args.ef.split(",") if e.strip())})
+    rows = measure_efs(index, exact, efs, queries, own, len(picks), args)
+    index.set_ef(own_ef)
+    load_after = load_average()
+
+    text = report(rows, index, own_ef, len(picks), library_own, (load_before, load_after), args)
     print("\n" + text)
     if args.markdown:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from markdown_block import write_block
-
         write_block(args.markdown, text, BEGIN, END, SECTION)
     return 0
 
