@@ -172,114 +172,93 @@ def _storage_args(uri: str) -> dict:
     return {"storage_path": storage.resolve(uri)[1]}
 
 
-def _history(result) -> list[dict]:
-    df = result.metrics_dataframe
-    if df is None or df.empty:
-        return []
-    cols = [c for c in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds") if c in df.columns]
-    return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items()} for row in df[cols].to_dict("records")]
-
-
 def run(config: GridConfig) -> GridResult:
     """Run (or resume) the grid; evaluate, report and export the best trial."""
     from ray import tune as ray_tune
+
+    from . import leaderboard
 
     if config.smoke_test and not config.name.endswith("-smoke"):
         config = smoke(config)
     specs = trial_specs(config)
     root = config.storage or storage.default_root()
     kind_uri = storage.join(root, "tune", publish.check_id(config.name))
-    if config.resume:
-        pointer = storage.join(kind_uri, CURRENT)
-        if not storage.exists(pointer):
-            raise FileNotFoundError(f"nothing to resume: no run of grid {config.name!r} under {kind_uri}")
-        run_id = publish.check_id(storage.read_text(pointer).strip())
-    else:
-        run_id = publish.new_id(config.name)
+    run_id = _run_id(config, kind_uri)
     run_uri = storage.join(kind_uri, run_id)
     _ensure_ray(config)
 
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(run_trial, data_source=config.data, photo_banks=_photo_banks(config, specs)),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
-    st = _storage_args(kind_uri)
-    experiment_path = run_uri if storage.is_remote(run_uri) else storage.resolve(run_uri)[1]
     started = time.time()
-    resumed = bool(config.resume and ray_tune.Tuner.can_restore(
-        experiment_path, storage_filesystem=st.get("storage_filesystem")))
-    if resumed:
-        log.info("resuming grid %s from %s", config.name, run_uri)
-        tuner = ray_tune.Tuner.restore(experiment_path, trainable, resume_errored=True,
-                                       storage_filesystem=st.get("storage_filesystem"))
-    else:
-        storage.write_text(storage.join(kind_uri, CURRENT), run_id + "\n")
-        log.info("grid %s: %d trials, run %s", config.name, len(specs), run_uri)
-        tuner = ray_tune.Tuner(
-            trainable,
-            param_space={"trial": ray_tune.grid_search(specs)},
-            tune_config=ray_tune.TuneConfig(
-                max_concurrent_trials=config.max_concurrent_trials or None,
-                trial_dirname_creator=lambda t: f"{t.config['trial']['architecture']}_{t.config['trial']['optimizer']}"
-                f"_{t.config['trial']['learning_rate']:g}_{t.trial_id}"),
-            run_config=ray_tune.RunConfig(
-                name=run_id, **st,
-                checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
-                failure_config=ray_tune.FailureConfig(max_failures=1)),
-        )
+    tuner, resumed = _tuner(config, specs, trainable, kind_uri, run_uri, run_id)
     results = tuner.fit()
     wall = time.time() - started
 
-    leaderboard, histories, sum_trial = [], {}, 0.0
-    best_result, best_acc = None, -1.0
-    for result in results:
-        spec = result.config["trial"]
-        m = result.metrics or {}
-        trial_id = m.get("trial_id") or Path(result.path).name
-        row = {"trial_id": trial_id, "architecture": spec["architecture"], "optimizer": spec["optimizer"],
-               "learning_rate": spec["learning_rate"], "batch_size": spec["train"]["batch_size"],
-               "epochs_run": m.get("epoch"), "val_accuracy": m.get("best_val_accuracy"),
-               "val_loss": m.get("val_loss"), "train_seconds": m.get("time_total_s"),
-               "status": "error" if result.error else ("early-stopped" if m.get("early_stopped") else "done")}
-        if m.get("backbone_weights"):
-            row["backbone_weights"] = m["backbone_weights"]
-        leaderboard.append(row)
-        histories[trial_id] = _history(result)
-        # Tune's time_total_s runs from the trial's start (data loading included) to its last report.
-        sum_trial += float(m.get("time_total_s") or 0.0)
-        if result.checkpoint is not None and (m.get("best_val_accuracy") or -1) > best_acc:
-            best_result, best_acc = result, m["best_val_accuracy"]
-    leaderboard.sort(key=lambda r: -(r["val_accuracy"] if r["val_accuracy"] is not None else -1))
-    tested = _add_test_accuracy(config, results, leaderboard) if config.evaluate_all else {}
-
+    trials = leaderboard.collect(results)
+    tested = _add_test_accuracy(config, results, trials.rows) if config.evaluate_all else {}
     best = test_metrics = model_uri = panel = None
     published, publish_reason = False, ""
-    notes = (f"Grid wall time {wall:.0f} s; sum of trial times {sum_trial:.0f} s; "
-             f"ratio {wall / sum_trial:.2f}.\n" if sum_trial else "")
-    if resumed:
-        notes += "\nResumed run: the wall time covers this invocation only, trial times the whole run.\n"
-    notes += "".join(f"\nBackbone weights of {r['architecture']}/{r['optimizer']}/{r['learning_rate']:g}: "
-                     f"{r['backbone_weights']}\n" for r in leaderboard if r.get("backbone_weights"))
-    if best_result is not None:
-        best_id = (best_result.metrics or {}).get("trial_id") or Path(best_result.path).name
+    notes = leaderboard.timing_notes(trials, wall, resumed)
+    if trials.best is not None:
         best, test_metrics, model_uri, published, publish_reason, panel = _evaluate_and_export(
-            config, best_result, root, run_id, tested.get(best_id))
+            config, trials.best, root, run_id, tested.get(leaderboard.trial_id(trials.best)))
     with tempfile.TemporaryDirectory(prefix="vitrine-report-") as tmp:
         from .report import write_report
 
         robust_md = _robustness_report(best, Path(tmp) / "robustness")
-        write_report(Path(tmp), title=f"Grid {config.name} — run {run_id}", leaderboard=leaderboard,
-                     histories=histories, test_metrics=test_metrics,
+        write_report(Path(tmp), title=f"Grid {config.name} — run {run_id}", leaderboard=trials.rows,
+                     histories=trials.histories, test_metrics=test_metrics,
                      best_trial_id=best["trial_id"] if best else None, wall_time_s=wall, explanations=panel,
                      notes_md=notes + (f"\nExported model: `{model_uri}`\n" if model_uri else "") + robust_md)
         report_uri = storage.join(run_uri, "report")
         storage.upload_dir(tmp, report_uri)
-    result = GridResult(run_id=run_id, run_uri=run_uri, leaderboard=leaderboard, best=best,
+    result = GridResult(run_id=run_id, run_uri=run_uri, leaderboard=trials.rows, best=best,
                         test_metrics=test_metrics, model_uri=model_uri, report_uri=report_uri,
-                        wall_time_s=wall, sum_trial_seconds=sum_trial, published=published,
+                        wall_time_s=wall, sum_trial_seconds=trials.sum_trial_seconds, published=published,
                         publish_reason=publish_reason)
     storage.write_text(storage.join(run_uri, SUMMARY), json.dumps(
         {**dataclasses.asdict(result), "resumed": resumed, "config": to_dict(config)}, indent=2, default=str))
     return result
+
+
+def _run_id(config: GridConfig, kind_uri: str) -> str:
+    """The run to continue (``resume``: the one ``CURRENT`` names) or a new run's id."""
+    if not config.resume:
+        return publish.new_id(config.name)
+    pointer = storage.join(kind_uri, CURRENT)
+    if not storage.exists(pointer):
+        raise FileNotFoundError(f"nothing to resume: no run of grid {config.name!r} under {kind_uri}")
+    return publish.check_id(storage.read_text(pointer).strip())
+
+
+def _tuner(config: GridConfig, specs: list[dict], trainable, kind_uri: str, run_uri: str, run_id: str):
+    """``(tuner, resumed)``: the run restored where Tune can restore it (``resume``), else a new one
+    (recorded as ``CURRENT``)."""
+    from ray import tune as ray_tune
+
+    st = _storage_args(kind_uri)
+    experiment_path = run_uri if storage.is_remote(run_uri) else storage.resolve(run_uri)[1]
+    resumed = bool(config.resume and ray_tune.Tuner.can_restore(
+        experiment_path, storage_filesystem=st.get("storage_filesystem")))
+    if resumed:
+        log.info("resuming grid %s from %s", config.name, run_uri)
+        return ray_tune.Tuner.restore(experiment_path, trainable, resume_errored=True,
+                                      storage_filesystem=st.get("storage_filesystem")), True
+    storage.write_text(storage.join(kind_uri, CURRENT), run_id + "\n")
+    log.info("grid %s: %d trials, run %s", config.name, len(specs), run_uri)
+    return ray_tune.Tuner(
+        trainable,
+        param_space={"trial": ray_tune.grid_search(specs)},
+        tune_config=ray_tune.TuneConfig(
+            max_concurrent_trials=config.max_concurrent_trials or None,
+            trial_dirname_creator=lambda t: f"{t.config['trial']['architecture']}_{t.config['trial']['optimizer']}"
+            f"_{t.config['trial']['learning_rate']:g}_{t.trial_id}"),
+        run_config=ray_tune.RunConfig(
+            name=run_id, **st,
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            failure_config=ray_tune.FailureConfig(max_failures=1)),
+    ), False
 
 
 def _add_test_accuracy(config: GridConfig, results, leaderboard: list[dict]) -> dict[str, dict]:
