@@ -165,10 +165,7 @@ def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
     old-pipeline model with ``PreprocessSpec()``). ``photo_banks``: see :func:`photos_for`."""
     import keras
 
-    from artifacts import heads
-
     from .data.pipeline import make_dataset
-    from .models import build_model
 
     started = time.time()
     workdir = Path(workdir)
@@ -176,30 +173,58 @@ def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
     configure_threads(config.threads)
     keras.utils.set_random_seed(config.seed)
 
-    state = _read_state(workdir) if resume else None
-    num_classes = len(data.class_names)
-    if state and (workdir / LAST).exists():
-        model = keras.models.load_model(workdir / LAST, custom_objects=heads.CUSTOM_OBJECTS)
-        log.info("resuming %s from epoch %d", config.architecture, state["epoch"])
-    else:
-        state = {"epoch": 0, "history": [], "best_val_accuracy": -1.0, "best_epoch": 0,
-                 "best_val_loss": float("inf"), "wait": 0}
-        model = build_model(config.architecture, num_classes=num_classes, **config.model_options)
-        steps = max(1, int(np.ceil(len(data.train_y) / config.batch_size))) * config.epochs
-        if config.lr_schedule == "cosine":
-            lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.01)
-        elif config.lr_schedule == "constant":
-            lr = config.learning_rate
-        else:
-            raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; valid: cosine, constant")
-        model.compile(optimizer=make_optimizer(config.optimizer, lr, config.momentum),
-                      loss=heads.loss_for(model), metrics=["accuracy"])
-
+    model, state = _model_and_state(config, data, workdir, resume)
     spec = spec or preprocess_spec_for(model)
     train_ds = make_dataset(data.train_x, data.train_y, spec, batch_size=config.batch_size, shuffle=True,
                             seed=config.seed + state["epoch"], augment=config.augmentation,
                             photos=photos_for(config, data, spec, photo_banks))
     val_ds = make_dataset(data.val_x, data.val_y, spec, batch_size=max(config.batch_size, 256))
+
+    remaining_patience_ok = not (0 < config.early_stopping_patience <= state["wait"])
+    if state["epoch"] < config.epochs and remaining_patience_ok:
+        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=state["epoch"],
+                  callbacks=[_epoch_tracker(config, state, workdir, started, on_epoch)], verbose=0,
+                  shuffle=False)  # the dataset shuffles itself
+    return TrainOutcome(history=state["history"], best_epoch=state["best_epoch"],
+                        best_val_accuracy=state["best_val_accuracy"], epochs_run=state["epoch"],
+                        seconds=time.time() - started, best_model_path=workdir / BEST,
+                        params=int(model.count_params()))
+
+
+def _model_and_state(config: TrainConfig, data: Splits, workdir: Path, resume: bool):
+    """``(model, training state)``: the last checkpoint in ``workdir`` and its state when resuming,
+    else a new compiled model and a fresh state."""
+    import keras
+
+    from artifacts import heads
+
+    from .models import build_model
+
+    state = _read_state(workdir) if resume else None
+    if state and (workdir / LAST).exists():
+        model = keras.models.load_model(workdir / LAST, custom_objects=heads.CUSTOM_OBJECTS)
+        log.info("resuming %s from epoch %d", config.architecture, state["epoch"])
+        return model, state
+    state = {"epoch": 0, "history": [], "best_val_accuracy": -1.0, "best_epoch": 0,
+             "best_val_loss": float("inf"), "wait": 0}
+    model = build_model(config.architecture, num_classes=len(data.class_names), **config.model_options)
+    steps = max(1, int(np.ceil(len(data.train_y) / config.batch_size))) * config.epochs
+    if config.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.01)
+    elif config.lr_schedule == "constant":
+        lr = config.learning_rate
+    else:
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; valid: cosine, constant")
+    model.compile(optimizer=make_optimizer(config.optimizer, lr, config.momentum),
+                  loss=heads.loss_for(model), metrics=["accuracy"])
+    return model, state
+
+
+def _epoch_tracker(config: TrainConfig, state: dict, workdir: Path, started: float,
+                   on_epoch: Callable[[dict, Path], None] | None):
+    """The Keras callback that, after each epoch, updates ``state``, saves the best and last
+    models and the state to ``workdir``, reports to ``on_epoch`` and stops early on patience."""
+    import keras
 
     class Tracker(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -231,11 +256,4 @@ def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
                 log.info("early stop: validation loss has not improved for %d epochs", state["wait"])
                 self.model.stop_training = True
 
-    remaining_patience_ok = not (0 < config.early_stopping_patience <= state["wait"])
-    if state["epoch"] < config.epochs and remaining_patience_ok:
-        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=state["epoch"],
-                  callbacks=[Tracker()], verbose=0, shuffle=False)  # the dataset shuffles itself
-    return TrainOutcome(history=state["history"], best_epoch=state["best_epoch"],
-                        best_val_accuracy=state["best_val_accuracy"], epochs_run=state["epoch"],
-                        seconds=time.time() - started, best_model_path=workdir / BEST,
-                        params=int(model.count_params()))
+    return Tracker()
