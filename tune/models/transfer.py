@@ -207,6 +207,41 @@ def _build_transfer(
     trainable_backbone: bool,
     bn_momentum: float | None = None,
 ) -> keras.Model:
+    height, width, channels = _checked_input(name, input_shape, backbone_size, trainable_backbone, bn_momentum)
+    _, mode = _BACKBONES[name]
+    backbone = _make_backbone(name, backbone_size, weights)
+    backbone.trainable = trainable_backbone
+
+    inputs = keras.Input(shape=(height, width, channels), name="image")
+    x, gray_to_rgb, caffe = _backbone_input(inputs, (height, width, channels), backbone_size, mode)
+    x = backbone(x)
+    for i in (1, 2):
+        x = layers.Dense(HEAD_UNITS, name=f"head_dense{i}")(x)
+        x = layers.BatchNormalization(name=f"head_bn{i}")(x)
+        x = layers.Activation("relu", name=EMBEDDING_LAYER if i == 2 else f"head_relu{i}")(x)
+        x = layers.Dropout(HEAD_DROPOUT, name=f"head_dropout{i}")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    model = keras.Model(inputs, outputs, name=name)
+
+    _set_fixed_weights(gray_to_rgb, caffe)
+    if bn_momentum is not None:
+        # A backbone trained from random weights for a few hundred steps: with Keras's momenta
+        # (0.999 in MobileNetV2, 0.99 in the head) the moving statistics still describe the random
+        # start, and validation stays at chance (docs/RESULTS.md, "The RGB path").
+        for layer in [*backbone.layers, *model.layers]:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = float(bn_momentum)
+    return model
+
+
+def _checked_input(
+    name: str,
+    input_shape: tuple[int, int, int],
+    backbone_size: int,
+    trainable_backbone: bool,
+    bn_momentum: float | None,
+) -> tuple[int, int, int]:
+    """``(height, width, channels)`` of ``input_shape``, once the builder's options are valid."""
     if isinstance(backbone_size, bool) or not isinstance(backbone_size, int) or backbone_size < MIN_BACKBONE_SIZE:
         raise ValueError(f"{name}: backbone_size must be an int >= {MIN_BACKBONE_SIZE}; got {backbone_size!r}")
     if not isinstance(trainable_backbone, bool):
@@ -214,15 +249,17 @@ def _build_transfer(
     height, width, channels = (int(d) for d in input_shape)
     if channels not in (1, 3):
         raise ValueError(f"{name}: input must have 1 (grayscale) or 3 (RGB) channels; got input_shape={input_shape}")
-    _, mode = _BACKBONES[name]
-
     if bn_momentum is not None and not (isinstance(bn_momentum, (int, float)) and 0 <= bn_momentum < 1):
         raise ValueError(f"{name}: bn_momentum must be a number in [0, 1); got {bn_momentum!r}")
-    backbone = _make_backbone(name, backbone_size, weights)
-    backbone.trainable = trainable_backbone
+    return height, width, channels
 
-    inputs = keras.Input(shape=(height, width, channels), name="image")
+
+def _backbone_input(inputs, shape: tuple[int, int, int], backbone_size: int, mode: str):
+    """The layers between the model's input and the backbone: resize to the backbone's size,
+    grayscale to RGB, then the backbone's own preprocessing (caffe or tf). Returns ``(tensor,
+    gray_to_rgb layer or None, caffe layer or None)``; those two get fixed weights once built."""
     x = inputs
+    height, width, channels = shape
     if (height, width) != (backbone_size, backbone_size):
         x = layers.Resizing(backbone_size, backbone_size, name="resize")(x)
     gray_to_rgb = None
@@ -238,15 +275,10 @@ def _build_transfer(
         x = caffe(x)
     else:
         x = layers.Rescaling(2.0, offset=-1.0, name="tf_preprocess")(x)
-    x = backbone(x)
-    for i in (1, 2):
-        x = layers.Dense(HEAD_UNITS, name=f"head_dense{i}")(x)
-        x = layers.BatchNormalization(name=f"head_bn{i}")(x)
-        x = layers.Activation("relu", name=EMBEDDING_LAYER if i == 2 else f"head_relu{i}")(x)
-        x = layers.Dropout(HEAD_DROPOUT, name=f"head_dropout{i}")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
-    model = keras.Model(inputs, outputs, name=name)
+    return x, gray_to_rgb, caffe
 
+
+def _set_fixed_weights(gray_to_rgb, caffe) -> None:
     if gray_to_rgb is not None:
         gray_to_rgb.set_weights([np.ones((1, 1, 1, 3), dtype="float32")])
     if caffe is not None:
@@ -254,14 +286,6 @@ def _build_transfer(
         for j in range(3):
             kernel[0, 0, 2 - j, j] = 255.0
         caffe.set_weights([kernel, -np.asarray(IMAGENET_MEAN_BGR, dtype="float32")])
-    if bn_momentum is not None:
-        # A backbone trained from random weights for a few hundred steps: with Keras's momenta
-        # (0.999 in MobileNetV2, 0.99 in the head) the moving statistics still describe the random
-        # start, and validation stays at chance (docs/RESULTS.md, "The RGB path").
-        for layer in [*backbone.layers, *model.layers]:
-            if isinstance(layer, layers.BatchNormalization):
-                layer.momentum = float(bn_momentum)
-    return model
 
 
 @register_model(
