@@ -46,6 +46,12 @@ class Explanation:
     method: str
     layer: str  # the layer Grad-CAM read ("input" for saliency), nested models joined with "/"
 
+    @property
+    def empty(self) -> bool:
+        """Nothing at the layer speaks for the class (Grad-CAM is negative everywhere: what
+        decides it is an absence, e.g. no upper garment above a shoe): the map is all zeros."""
+        return not self.heatmap.any()
+
 
 def _conv_types():
     from keras import layers

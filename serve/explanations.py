@@ -49,6 +49,6 @@ async def explain_upload(classifier, data: bytes, v: versions.ServingVersion, me
     drawn = await run_in_threadpool(_draw, upload, out["heatmap"])
     i, probs = out["class_index"], out["probabilities"]
     return {"model_id": v.model_id, "predicted": v.class_names[i], "probability": round(float(probs[i]), 6),
-            "classes": classes(v, probs), "method": method, "layer": out["layer"],
+            "classes": classes(v, probs), "method": method, "layer": out["layer"], "empty": not out["heatmap"].any(),
             "heatmap_shape": list(out["heatmap"].shape), "input_box": [round(float(b), 2) for b in upload.box],
             **drawn}

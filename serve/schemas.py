@@ -89,6 +89,8 @@ class ExplainResponse(_Out):
     classes: list[ClassScore]
     method: str = Field(description="`gradcam` (the last convolutional layer) or `saliency` (input gradients).")
     layer: str = Field(description="The layer Grad-CAM read (nested models joined by /), `input` for saliency.")
+    empty: bool = Field(description="The heatmap is all zeros: no region of that layer speaks for the class (its "
+                                    "evidence is an absence); `method=saliency` still shows what the class is sensitive to.")
     heatmap_shape: list[int] = Field(description="[height, width] of the heatmap: the model input's.")
     heatmap_png: str = Field(description="The heatmap itself, base64 8-bit grayscale PNG of heatmap_shape "
                                          "(255 = where the class's evidence is strongest).")

@@ -46,6 +46,7 @@ def test_heatmap_has_the_input_shape_is_in_0_1_not_constant_and_changes_with_the
         assert e.heatmap.shape == runner.shape[:2] and e.heatmap.dtype == np.float32
         assert e.heatmap.min() >= 0 and e.heatmap.max() == pytest.approx(1.0)
         assert e.heatmap.std() > 0.05, "a constant map says nothing"
+        assert not e.empty
         assert e.method == method
     # Different images (blocks of other sizes in other places) give different maps.
     for a, b in zip(out, out[1:]):
@@ -138,6 +139,9 @@ def test_overlay_and_colours():
     heat[0, 0] = 1.0
     shown = explain.overlay(np.full((8, 8), 100, np.uint8), heat, alpha=0.6)
     assert shown.shape == (8, 8, 3) and (shown[-1, -1] == 100).all() and shown[0, 0, 0] > 150
+    blank = explain.Explanation(heatmap=np.zeros((4, 4), np.float32), class_index=0, probability=0.9,
+                                probabilities=np.ones(2) / 2, method="gradcam", layer="conv2")
+    assert blank.empty
     c = explain.colour(np.array([[0.0, 1.0]]))
     assert c[0, 0, 2] > c[0, 0, 0] and c[0, 1, 0] > c[0, 1, 2]  # blue cold, red hot
     png = explain.png_bytes(shown)

@@ -41,7 +41,7 @@ def test_writes_an_overlay_and_json_per_image(trained_models, images, tmp_path, 
         assert item["method"] == "gradcam" and item["layer"] == "conv2"
         assert item["predicted"] in ("Pullover", "Sneaker", "T-shirt/top", "Trouser", "Dress", "Coat", "Sandal",
                                      "Shirt", "Bag", "Ankle boot")
-        assert 0 < item["probability"] <= 1 and item["heatmap_shape"] == [28, 28]
+        assert 0 < item["probability"] <= 1 and item["heatmap_shape"] == [28, 28] and item["empty"] in (True, False)
     index = json.loads((out / "explanations.json").read_text())
     assert [i["image"] for i in index["items"]] == [images["tile"], images["photo"]]
     assert index["config"]["method"] == "gradcam" and index["model_id"] == "cnn-trained"

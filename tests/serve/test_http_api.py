@@ -128,6 +128,7 @@ def test_explain_answers_the_class_and_a_heatmap_of_the_upload(app_url, sample):
     assert r.status == 200, r.body
     sal = r.json()
     assert sal["method"] == "saliency" and sal["layer"] == "input" and sal["heatmap_shape"] == [28, 28]
+    assert sal["empty"] is False and out["empty"] == (heat.max() == 0)
     assert _decode_png(sal["overlay_png"]).size == (200, 150) == tuple(sal["overlay_size"])
 
 

@@ -248,3 +248,29 @@ def test_more_like_this_searches_from_a_result_without_uploading(page):
     expect(page.locator("#predicted")).to_contain_text(item_id)
     expect(page.locator("#query")).to_have_js_property("naturalWidth", 28)  # the item's own image
     assert page.locator("#error").is_hidden()
+
+
+def test_why_this_class_shows_the_heatmap_over_the_query_and_back(page, catalogue_png):
+    from playwright.sync_api import expect
+
+    _, path = catalogue_png
+    page.set_input_files("#file", str(path))
+    expect(page.locator("#results > .result").first).to_be_visible()
+    query = page.locator("#query")
+    preview = query.get_attribute("src")
+    assert preview.startswith("blob:") and page.locator("#why-note").is_hidden()
+    with page.expect_response(lambda r: "/v1/explain" in r.url and r.request.method == "POST") as answer:
+        page.locator("#why").check()
+    assert answer.value.status == 200, answer.value.text()
+    expect(page.locator("#why-note")).to_be_visible()
+    shown = answer.value.json()
+    if shown["empty"]:  # the untrained test model's Grad-CAM may find nothing: the page asks for saliency
+        expect(page.locator("#why-note")).to_contain_text("saliency")
+    else:
+        expect(page.locator("#why-note")).to_contain_text(f"where the model finds {shown['predicted']}")
+    page.wait_for_function("document.querySelector('#query').src.startsWith('data:image/png;base64,')")
+    expect(query).to_have_js_property("naturalWidth", 28)  # the overlay, at the upload's size
+    page.locator("#why").uncheck()
+    expect(page.locator("#why-note")).to_be_hidden()
+    assert query.get_attribute("src") == preview
+    assert page.locator("#error").is_hidden()
