@@ -60,6 +60,37 @@ def read_manifest(uri: str, *, allowed_prefixes=()) -> pa.Table:
     return pa.table({**cols, **{c: raw.column(c) for c in extra}, REFUSED: refused})
 
 
+def manifest_schema(uri: str) -> pa.Schema:
+    """A manifest's columns as written, without reading its rows where the format allows (Parquet)."""
+    import pyarrow.parquet as pq
+
+    if uri.lower().endswith(".parquet"):
+        fs, path = storage.resolve(uri)
+        try:
+            return pq.read_schema(path, filesystem=fs)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise CatalogueError(f"manifest {uri} is not valid parquet: {exc}") from exc
+    return _read_manifest_file(uri).schema
+
+
+def read_manifest_columns(uri: str, columns: list[str]) -> pa.Table:
+    """``item_id`` (as strings) and the other named columns of a manifest, as written: what the
+    search replicas return with hits. No URI is resolved or checked here: only ``item_id`` and
+    these values are used, never a location (serve/item_metadata.py)."""
+    import pyarrow.parquet as pq
+
+    if uri.lower().endswith(".parquet"):
+        fs, path = storage.resolve(uri)
+        present = set(pq.read_schema(path, filesystem=fs).names)
+        raw = pq.read_table(path, filesystem=fs, columns=[c for c in ["item_id", *columns] if c in present])
+    else:
+        raw = _read_manifest_file(uri)
+    if "item_id" not in raw.column_names:
+        raise CatalogueError(f"manifest {uri} lacks column item_id")
+    return pa.table({"item_id": _as_string(raw.column("item_id"), uri, "item_id"),
+                     **{c: raw.column(c) for c in columns if c in raw.column_names and c != "item_id"}})
+
+
 def _resolve_and_confine(base: str, uris: pa.ChunkedArray, roots: tuple[str, ...]):
     """``(absolute image URIs, refusal reasons)`` for a manifest's ``image_uri`` column.
 

@@ -104,15 +104,17 @@ class ItemMetadata:
         manifest = catalogue_manifest.find_manifest(catalogue_uri)
         if not manifest:
             return cls()
-        table = catalogue_manifest.read_manifest(manifest)
-        keep = [f.name for f in table.schema if eligible_column(f.name, f.type)][:MAX_COLUMNS]
-        left = [c for c in table.column_names if c not in _SKIPPED and c not in keep]
+        # The schema first: most catalogues have no extra columns, and then no row is read (at a
+        # million items, reading the manifest would cost a replica more than its id maps).
+        schema = catalogue_manifest.manifest_schema(manifest)
+        keep = [f.name for f in schema if eligible_column(f.name, f.type)][:MAX_COLUMNS]
+        left = [c for c in schema.names if c not in _SKIPPED and c not in keep]
         if left:
             log.info("catalogue %s: columns %s are not returned with hits (type, name or limit of %d)",
                      manifest, ", ".join(left), MAX_COLUMNS)
         if not keep:
             return cls()
-        table = table.select(["item_id", *keep])
+        table = catalogue_manifest.read_manifest_columns(manifest, keep)
         if item_ids is not None:
             import pyarrow.compute as pc
 

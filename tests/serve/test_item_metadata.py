@@ -39,3 +39,18 @@ def test_image_folders_carry_no_metadata(tmp_path):
     (tmp_path / "shirt").mkdir()
     (tmp_path / "shirt" / "a.png").write_bytes(b"png")
     assert len(ItemMetadata.from_catalogue(str(tmp_path))) == 0
+
+
+def test_csv_and_json_manifests_with_numeric_ids_and_a_manifest_without_extra_columns(tmp_path):
+    csv_dir, json_dir, plain_dir = (tmp_path / d for d in ("csv", "json", "plain"))
+    for d in (csv_dir, json_dir, plain_dir):
+        d.mkdir()
+    (csv_dir / "manifest.csv").write_text("item_id,image_uri,name,price\n0007,a.png,Boot,12.5\n0008,b.png,Bag,3\n")
+    (json_dir / "manifest.jsonl").write_text('{"item_id": 7, "image_uri": "a.png", "name": "Boot"}\n'
+                                             '{"item_id": 8, "image_uri": "b.png", "name": "Bag"}\n')
+    pq.write_table(pa.table({"item_id": ["a"], "image_uri": ["a.png"], "category": ["x"]}), plain_dir / "manifest.parquet")
+    from_csv = ItemMetadata.from_catalogue(str(csv_dir))
+    assert from_csv.get("0007") == {"name": "Boot", "price": 12.5} and from_csv.get("7") is None  # ids stay strings
+    assert ItemMetadata.from_catalogue(str(json_dir)).get_many(["8", "9"]) == [{"name": "Bag"}, None]
+    plain = ItemMetadata.from_catalogue(str(plain_dir))
+    assert len(plain) == 0 and plain.columns == [] and plain.get("a") is None
