@@ -199,91 +199,27 @@ def exact_metrics(queries: np.ndarray, labels: np.ndarray, predicted: np.ndarray
 def run(config: EvaluateSearchConfig) -> dict:
     """Evaluate; returns the result dict and writes ``search_eval.{md,json}`` (and, with
     ``figures``, the PNGs the Markdown links) under ``out``."""
-    from artifacts import model_artifact, storage
-    from artifacts.configuration import to_dict
-    from artifacts.hnsw_index import HnswIndex
-    from artifacts.inference import ModelRunner
-    from artifacts.vector_search import recall_at_k
+    from artifacts import storage
     from tune import search_report
-    from tune.data import fashion_mnist
 
     t0 = time.time()
     root = config.storage or storage.default_root()
-    runner = ModelRunner(config.model or model_artifact.models_root(root))
-    card = runner.card
-    index = HnswIndex.load(config.index or storage.join(root, "indexes"), expected_dim=card.embedding_dim)
-    manifest = index.manifest
-    if manifest.model_id and manifest.model_id != card.model_id and not config.allow_model_mismatch:
-        raise ValueError(f"index {manifest.index_id} was built from model {manifest.model_id}'s embeddings, not "
-                         f"{card.model_id}; pass the matching model (or --set allow_model_mismatch=true)")
-    mapping = category_classes(index.category_names, list(card.class_names))
-    unmapped = sorted(c for c, i in mapping.items() if i < 0)
-    if len(unmapped) == len(mapping):
-        raise ValueError(f"none of the index categories ({', '.join(index.category_names[:10])}) match the model's "
-                         f"classes ({', '.join(card.class_names)})")
-    if unmapped:
-        log.warning("index categories with no matching class (never relevant): %s", ", ".join(unmapped))
-    code_class = np.array([mapping[c] for c in index.category_names] + [-1], dtype=np.int64)
-    item_classes = code_class[index.category_codes]  # code -1 picks the trailing -1
-
-    ds = fashion_mnist.load(config.data or None)
-    picks = np.arange(len(ds.test_labels))
-    if config.queries and config.queries < len(picks):
-        picks = np.sort(np.random.default_rng(config.seed).choice(picks, size=config.queries, replace=False))
-    labels = ds.test_labels[picks].astype(np.int64)
-    if labels.size and labels.max() >= len(card.class_names):
-        raise ValueError(f"test labels go up to {labels.max()} but the model has {len(card.class_names)} classes")
+    runner, index, mapping, item_classes = _model_and_index(config, root)
+    card, manifest = runner.card, index.manifest
+    ds, picks, labels = _test_queries(config, card)
     t_embed = time.time()
     queries, probs = _embed(runner, ds.test_images[picks])
     predicted = probs.argmax(axis=1).astype(np.int64)
     t_exact = time.time()
     log.info("embedded %d test queries in %.1f s; ranking %d catalogue items exactly", len(picks),
              t_exact - t_embed, len(index))
-    k = config.k
-    ex = exact_metrics(queries, labels, predicted, index.vectors, item_classes, k=k, chunk=config.chunk,
+    ex = exact_metrics(queries, labels, predicted, index.vectors, item_classes, k=config.k, chunk=config.chunk,
                        threads=config.threads, depth=max(PRECISION_KS + (config.gallery_results,)))
     t_hnsw = time.time()
-
-    # The served path: HNSW, unfiltered and restricted to the predicted class's category.
-    class_categories: dict[int, list[str]] = {}
-    for name, i in mapping.items():
-        if i >= 0:
-            class_categories.setdefault(i, []).append(name)
-    h_top, _ = index.search_positions(queries, k)
-    hf_top = np.full((len(queries), k), -1, np.int64)
-    for c in np.unique(predicted):
-        rows = np.flatnonzero(predicted == c)
-        if int(c) in class_categories:
-            hf_top[rows] = index.search_positions(queries[rows], k, class_categories[int(c)])[0]
-
-    def hnsw_stats(top: np.ndarray, exact_sims: np.ndarray) -> dict:
-        sims = np.einsum("qd,qkd->qk", queries, index.vectors[np.maximum(top, 0)])
-        rel = (top >= 0) & (item_classes[np.maximum(top, 0)] == labels[:, None])
-        return {"precision_at_k": float(rel.sum(axis=1).mean() / k), "recall_at_k": recall_at_k(top, exact_sims, sims)}
-
-    valid = ~np.isnan(ex["ap"])
-    result = {
-        "model_id": card.model_id, "model_uri": runner.uri, "index_id": manifest.index_id,
-        "index_uri": getattr(index, "uri", ""), "index_model_id": manifest.model_id, "data_source": ds.source,
-        "queries": int(len(picks)), "catalogue_items": int(len(index)), "k": k,
-        "classification_accuracy": float((predicted == labels).mean()) if len(picks) else float("nan"),
-        "exact": {
-            "no_filter": {"map": float(np.nanmean(ex["ap"])) if valid.any() else float("nan"),
-                          "precision_at_k": float(ex["p_at_k"].mean())},
-            "classify_then_filter": {"map": float(np.nanmean(ex["ap_filtered"])) if valid.any() else float("nan"),
-                                     "precision_at_k": float(ex["p_at_k_filtered"].mean())},
-        },
-        "per_class": search_report.per_class(labels, list(card.class_names), {
-            "ap": ex["ap"], "ap_filtered": ex["ap_filtered"], "precision_at_k": ex["p_at_k"]}),
-        "hnsw": {"no_filter": hnsw_stats(h_top, ex["top_sims"]),
-                 "classify_then_filter": hnsw_stats(hf_top, ex["top_sims_filtered"])},
-        "index_params": manifest.params,
-        "queries_without_relevant": int((~valid).sum()),
-        "unmapped_categories": unmapped,
-        "seconds": {"load_and_embed": round(t_exact - t0, 2), "exact": round(t_hnsw - t_exact, 2),
-                    "hnsw": round(time.time() - t_hnsw, 2), "total": round(time.time() - t0, 2)},
-        "config": to_dict(config),
-    }
+    hnsw = _hnsw_metrics(index, queries, labels, predicted, mapping, item_classes, ex, config.k)
+    result = _result(config, runner, index, ds, picks, labels, predicted, ex, hnsw, mapping)
+    result["seconds"] = {"load_and_embed": round(t_exact - t0, 2), "exact": round(t_hnsw - t_exact, 2),
+                         "hnsw": round(time.time() - t_hnsw, 2), "total": round(time.time() - t0, 2)}
     curves = {key: search_report.precision_curve(ex["rel_top" + suffix])
               for key, suffix in (("no_filter", ""), ("classify_then_filter", "_filtered"))}
     for key, curve in curves.items():
@@ -305,6 +241,94 @@ def run(config: EvaluateSearchConfig) -> dict:
     result["out"] = out
     log.info("search evaluation written to %s in %.1f s", out, time.time() - t0)
     return result
+
+
+def _model_and_index(config: EvaluateSearchConfig, root: str):
+    """``(model runner, index, category -> class, each item's class)``, checked to belong together."""
+    from artifacts import model_artifact, storage
+    from artifacts.hnsw_index import HnswIndex
+    from artifacts.inference import ModelRunner
+
+    runner = ModelRunner(config.model or model_artifact.models_root(root))
+    card = runner.card
+    index = HnswIndex.load(config.index or storage.join(root, "indexes"), expected_dim=card.embedding_dim)
+    manifest = index.manifest
+    if manifest.model_id and manifest.model_id != card.model_id and not config.allow_model_mismatch:
+        raise ValueError(f"index {manifest.index_id} was built from model {manifest.model_id}'s embeddings, not "
+                         f"{card.model_id}; pass the matching model (or --set allow_model_mismatch=true)")
+    mapping = category_classes(index.category_names, list(card.class_names))
+    unmapped = sorted(c for c, i in mapping.items() if i < 0)
+    if len(unmapped) == len(mapping):
+        raise ValueError(f"none of the index categories ({', '.join(index.category_names[:10])}) match the model's "
+                         f"classes ({', '.join(card.class_names)})")
+    if unmapped:
+        log.warning("index categories with no matching class (never relevant): %s", ", ".join(unmapped))
+    code_class = np.array([mapping[c] for c in index.category_names] + [-1], dtype=np.int64)
+    return runner, index, mapping, code_class[index.category_codes]  # code -1 picks the trailing -1
+
+
+def _test_queries(config: EvaluateSearchConfig, card):
+    """``(dataset, picked test rows, their labels)``: every test image, or a seeded sample."""
+    from tune.data import fashion_mnist
+
+    ds = fashion_mnist.load(config.data or None)
+    picks = np.arange(len(ds.test_labels))
+    if config.queries and config.queries < len(picks):
+        picks = np.sort(np.random.default_rng(config.seed).choice(picks, size=config.queries, replace=False))
+    labels = ds.test_labels[picks].astype(np.int64)
+    if labels.size and labels.max() >= len(card.class_names):
+        raise ValueError(f"test labels go up to {labels.max()} but the model has {len(card.class_names)} classes")
+    return ds, picks, labels
+
+
+def _hnsw_metrics(index, queries, labels, predicted, mapping: dict, item_classes, ex: dict, k: int) -> dict:
+    """The served path: HNSW, unfiltered and restricted to the predicted class's category."""
+    from artifacts.vector_search import recall_at_k
+
+    class_categories: dict[int, list[str]] = {}
+    for name, i in mapping.items():
+        if i >= 0:
+            class_categories.setdefault(i, []).append(name)
+    h_top, _ = index.search_positions(queries, k)
+    hf_top = np.full((len(queries), k), -1, np.int64)
+    for c in np.unique(predicted):
+        rows = np.flatnonzero(predicted == c)
+        if int(c) in class_categories:
+            hf_top[rows] = index.search_positions(queries[rows], k, class_categories[int(c)])[0]
+
+    def stats(top: np.ndarray, exact_sims: np.ndarray) -> dict:
+        sims = np.einsum("qd,qkd->qk", queries, index.vectors[np.maximum(top, 0)])
+        rel = (top >= 0) & (item_classes[np.maximum(top, 0)] == labels[:, None])
+        return {"precision_at_k": float(rel.sum(axis=1).mean() / k), "recall_at_k": recall_at_k(top, exact_sims, sims)}
+
+    return {"no_filter": stats(h_top, ex["top_sims"]), "classify_then_filter": stats(hf_top, ex["top_sims_filtered"])}
+
+
+def _result(config, runner, index, ds, picks, labels, predicted, ex: dict, hnsw: dict, mapping: dict) -> dict:
+    from artifacts.configuration import to_dict
+    from tune import search_report
+
+    card, manifest = runner.card, index.manifest
+    valid = ~np.isnan(ex["ap"])
+    return {
+        "model_id": card.model_id, "model_uri": runner.uri, "index_id": manifest.index_id,
+        "index_uri": getattr(index, "uri", ""), "index_model_id": manifest.model_id, "data_source": ds.source,
+        "queries": int(len(picks)), "catalogue_items": int(len(index)), "k": config.k,
+        "classification_accuracy": float((predicted == labels).mean()) if len(picks) else float("nan"),
+        "exact": {
+            "no_filter": {"map": float(np.nanmean(ex["ap"])) if valid.any() else float("nan"),
+                          "precision_at_k": float(ex["p_at_k"].mean())},
+            "classify_then_filter": {"map": float(np.nanmean(ex["ap_filtered"])) if valid.any() else float("nan"),
+                                     "precision_at_k": float(ex["p_at_k_filtered"].mean())},
+        },
+        "per_class": search_report.per_class(labels, list(card.class_names), {
+            "ap": ex["ap"], "ap_filtered": ex["ap_filtered"], "precision_at_k": ex["p_at_k"]}),
+        "hnsw": hnsw,
+        "index_params": manifest.params,
+        "queries_without_relevant": int((~valid).sum()),
+        "unmapped_categories": sorted(c for c, i in mapping.items() if i < 0),
+        "config": to_dict(config),
+    }
 
 
 def markdown_report(r: dict) -> str:
