@@ -42,6 +42,16 @@ def tiny_fashion_mnist(tmp_path_factory) -> Path:
     return write_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
 
 
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> str:
+    """A models root holding one untrained model, "cnn-test-a" (the embedding job's tests)."""
+    from tests.helpers import save_model
+
+    models = str(tmp_path_factory.mktemp("models"))
+    save_model(models, "cnn-test-a")
+    return models
+
+
 @pytest.fixture(scope="session")
 def trained_models(tiny_fashion_mnist, tmp_path_factory) -> dict[str, str]:
     """Model URIs by head, trained for a few epochs on the tiny tiles (~15 s both): "softmax",

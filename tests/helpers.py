@@ -130,6 +130,10 @@ def save_trained_model(models_uri: str, model_id: str, data_dir: str, *, archite
     return model_artifact.save(model, card, models_uri, make_latest=False)
 
 
+def by_id(table: pa.Table) -> dict[str, dict]:
+    return {r["item_id"]: r for r in table.to_pylist()}
+
+
 def mirrored_png(raw: bytes) -> bytes:
     """Other content for the same item (not inverted: preprocessing undoes an inversion)."""
     buf = io.BytesIO()
