@@ -140,6 +140,9 @@ def run_trial(params: dict, data_source: str = "", photo_banks: dict | None = No
     from .training import prepare_data, train
 
     setup_logging()
+    # Ray Train logs "Checkpoint successfully created" for every epoch's report; our own epoch
+    # line (vitrine.train) says what happened.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     t0 = time.time()
     cfg = load_config(TrainConfig, values=params["trial"]["train"])
     # Said where the backbone is built (this worker's files and environment), for the card and report.
@@ -255,7 +258,9 @@ def _tuner(config: GridConfig, specs: list[dict], trainable, kind_uri: str, run_
             trial_dirname_creator=lambda t: f"{t.config['trial']['architecture']}_{t.config['trial']['optimizer']}"
             f"_{t.config['trial']['learning_rate']:g}_{t.trial_id}"),
         run_config=ray_tune.RunConfig(
-            name=run_id, **st,
+            # Silent: Tune's status tables every 30 s and a 60-row config table per trial drown the
+            # progress lines the trials log themselves (vitrine.grid, vitrine.train: every epoch).
+            name=run_id, verbose=0, **st,
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
             failure_config=ray_tune.FailureConfig(max_failures=1)),
     ), False
