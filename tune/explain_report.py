@@ -69,12 +69,12 @@ def explanation_panel(model, spec, images: np.ndarray, labels: np.ndarray, class
 def _draw(path: pathlib.Path, panel: ExplanationPanel) -> None:
     from artifacts.explain import overlay
 
-    from .report import _new_figure
+    from .report_figures import new_figure
 
     rows = [("right", panel.right), ("wrong", panel.wrong)]
     rows = [(name, idx) for name, idx in rows if idx]
     cols = max(len(idx) for _, idx in rows)
-    fig = _new_figure((1.6 * cols, 2.0 * len(rows) + 0.3))
+    fig = new_figure((1.6 * cols, 2.0 * len(rows) + 0.3))
     axes = np.atleast_2d(fig.subplots(len(rows), cols, squeeze=False))
     for r, (name, idx) in enumerate(rows):
         for c in range(cols):

@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from .report import _new_figure
+from .report_figures import new_figure
 
 PRECISION_KS = (1, 5, 10, 30)
 
@@ -130,7 +130,7 @@ def precision_png(curves: dict[str, np.ndarray], ks=PRECISION_KS) -> bytes:
     """Mean precision@k against k, one line per ranking; markers at ``ks``."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = _new_figure((6.5, 4.2))
+    fig = new_figure((6.5, 4.2))
     ax = fig.subplots()
     for i, (label, curve) in enumerate(curves.items()):
         k = np.arange(1, len(curve) + 1)
@@ -161,7 +161,7 @@ def per_class_ap_png(rows: list[dict], bars: dict[str, str]) -> bytes:
     names = [r["class"] for r in rows]
     x = np.arange(len(names))
     width = 0.8 / max(len(bars), 1)
-    fig = _new_figure((max(7.0, 0.8 * len(names) + 2.5), 4.6))
+    fig = new_figure((max(7.0, 0.8 * len(names) + 2.5), 4.6))
     ax = fig.subplots()
     for i, (key, label) in enumerate(bars.items()):
         values = [r[key] for r in rows]
@@ -178,7 +178,7 @@ def per_class_ap_png(rows: list[dict], bars: dict[str, str]) -> bytes:
 
 def embedding_map_png(xy: np.ndarray, classes: np.ndarray, class_names: list[str], caption: str) -> bytes:
     """A scatter of 2-D points coloured by class (class -1: grey, "uncategorised")."""
-    fig = _new_figure((7.5, 6.5))
+    fig = new_figure((7.5, 6.5))
     ax = fig.subplots()
     cmap = "tab10" if len(class_names) <= 10 else "tab20"
     import matplotlib

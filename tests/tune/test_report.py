@@ -189,7 +189,7 @@ def _grid_trials():
 
 
 def test_optimizer_lr_heatmap_cells_are_the_best_trials(tmp_path):
-    from tune.report import optimizer_lr_grid
+    from tune.report_figures import optimizer_lr_grid
 
     rows = _grid_trials()
     optimizers, lrs, values, counts = optimizer_lr_grid(rows)
@@ -213,7 +213,7 @@ def test_optimizer_lr_heatmap_cells_are_the_best_trials(tmp_path):
 
 
 def test_no_heatmap_unless_the_grid_crosses_both(tmp_path, trials):
-    from tune.report import optimizer_lr_grid
+    from tune.report_figures import optimizer_lr_grid
 
     leaderboard, _ = trials  # each optimizer at its own learning rate
     assert optimizer_lr_grid(leaderboard) is None
