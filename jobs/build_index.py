@@ -263,8 +263,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--smoke-test", action="store_true", help="first 2,000 items; does not move LATEST")
     p.add_argument("--no-publish", action="store_true", help="write the index but leave LATEST alone")
     p.add_argument("--full", action="store_true", help="rebuild from scratch instead of updating LATEST")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags.add_overrides(p)
+    flags.add_json(p)
     return p
 
 

@@ -292,8 +292,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--category-level", type=int, choices=(1, 2),
                    help="image folders: 1 = <category>/<image> (default), 2 = <category>/<sub-category>/<image>")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags.add_overrides(p)
+    flags.add_json(p)
     return p
 
 

@@ -45,7 +45,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--model", help="model directory or models/ directory with LATEST (default <storage>/models)")
     flags.add_storage(p)
     p.add_argument("--data", help="Fashion-MNIST directory or s3:// prefix (default $FASHION_MNIST_DIR)")
-    p.add_argument("--json", action="store_true")
+    flags.add_json(p)
     p.add_argument("--robustness", action="store_true",
                    help="also measure accuracy against the strength of each photo perturbation")
     p.add_argument("--robustness-images", type=int, default=RobustnessConfig.images, metavar="N",

@@ -67,6 +67,7 @@ import numpy as np
 
 from artifacts.logs import setup_logging
 from tune.search_report import PRECISION_KS
+from jobs import flags
 
 log = logging.getLogger("vitrine.evaluate_search")
 
@@ -368,12 +369,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--model", help="model dir or models/ dir with LATEST (default <storage>/models)")
     p.add_argument("--index", help="index dir or indexes/ dir with LATEST (default <storage>/indexes)")
     p.add_argument("--data", help="Fashion-MNIST directory or s3:// prefix (default $FASHION_MNIST_DIR)")
-    p.add_argument("--storage", help="storage root URI (default $VITRINE_STORAGE or ./.vitrine)")
+    flags.add_storage(p)
     p.add_argument("--queries", type=int, help="number of test queries, a seeded random subset (default all)")
     p.add_argument("--out", help="directory for search_eval.md / search_eval.json")
     p.add_argument("--config", help="YAML file with EvaluateSearchConfig keys")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
+    flags.add_overrides(p)
+    flags.add_json(p, "print the result as JSON instead of the table")
     return p
 
 

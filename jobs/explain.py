@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from artifacts.logs import setup_logging
+from jobs import flags
 
 log = logging.getLogger("vitrine.explain")
 INDEX_FILE = "explanations.json"
@@ -126,10 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model directory or models/ directory with LATEST (default <storage>/models)")
     p.add_argument("--out", required=True, help="directory (or URI) for the overlays and JSON")
     p.add_argument("--method", choices=("gradcam", "saliency"), help="default gradcam")
-    p.add_argument("--storage", help="storage root URI (default $VITRINE_STORAGE or ./.vitrine)")
+    flags.add_storage(p)
     p.add_argument("--config", help="YAML file over the defaults")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags.add_overrides(p)
+    flags.add_json(p)
     return p
 
 

@@ -309,7 +309,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--seed", type=int, help="photo style: the seed every item's photo is derived from (default 0)")
     p.add_argument("--layout", choices=LAYOUTS,
                    help="flat: <category>/<image> (default); nested: <category>/<sub-category>/<image> (photo style)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags.add_json(p)
     return p
 
 

@@ -20,6 +20,16 @@ def add_storage(parser: argparse.ArgumentParser, **kwargs) -> None:
     parser.add_argument("--storage", help=STORAGE_HELP, **kwargs)
 
 
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable): the last layer over defaults, the YAML file and the flags."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key (dotted for nested ones); repeatable")
+
+
+def add_json(parser: argparse.ArgumentParser, help: str = "print the result as JSON") -> None:
+    parser.add_argument("--json", action="store_true", help=help)
+
+
 def refuse_renamed(parser: argparse.ArgumentParser, old: str, new: str, why: str) -> None:
     """``old`` is no longer a flag of this command: using it is an error that names ``new``."""
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from jobs import flags
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="vitrine models", description=__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", action="store_true")
+    flags.add_json(p)
     return p
 
 

@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         flags.add_storage(s)
         s.add_argument("--config", help="YAML with storage / gate.min_accuracy / gate.tolerance")
-        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-        s.add_argument("--json", action="store_true")
+        flags.add_overrides(s)
+        flags.add_json(s)
         if name == "promote":
             s.add_argument("model_id")
             s.add_argument("--force", action="store_true", help="skip the gate and the forward-only check")

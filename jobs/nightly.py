@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address")
     p.add_argument("--data")
     p.add_argument("--no-evaluate", action="store_true", help="skip the retrieval evaluation")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    flags.add_overrides(p)
     return p
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from artifacts.logs import setup_logging
+from jobs import flags
 
 log = logging.getLogger("vitrine.quantize")
 
@@ -178,12 +179,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--model", help="model directory or models/ directory with LATEST (default <storage>/models)")
     p.add_argument("--variant", choices=VARIANTS, help="int8 (default), float16, or float32 (TFLite, not quantized)")
     p.add_argument("--out", help="models directory to write into (default: the one holding the model)")
-    p.add_argument("--storage", help="storage root URI (default $VITRINE_STORAGE or ./.vitrine)")
+    flags.add_storage(p)
     p.add_argument("--data", help="the model's dataset for the evaluation (default $FASHION_MNIST_DIR)")
     p.add_argument("--no-evaluate", action="store_true", help="write the variant without measuring it")
     p.add_argument("--config", help="YAML file with QuantizeConfig fields")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags.add_overrides(p)
+    flags.add_json(p)
     return p
 
 

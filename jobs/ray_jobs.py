@@ -23,6 +23,7 @@ import time
 from artifacts.secrets import redact
 
 from .submit import TERMINAL, connect, follow
+from jobs import flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "list":
             s.add_argument("id", help="submission id")
         if name in ("list", "status"):
-            s.add_argument("--json", action="store_true")
+            flags.add_json(s)
         if name == "logs":
             s.add_argument("--follow", action="store_true", help="stream until the job ends")
         if name == "stop":

@@ -32,8 +32,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--data", help="Fashion-MNIST directory or s3:// prefix (default $FASHION_MNIST_DIR)")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--resume", action="store_true", help="resume the last run of this grid")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags.add_overrides(p)
+    flags.add_json(p)
     return p
 
 
