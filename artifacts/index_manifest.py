@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+INDEXES_DIR = "indexes"  # under the storage root: one directory per index, and LATEST
 MANIFEST = "index_manifest.json"
 INDEX_FILE = "index.bin"
 ITEMS_FILE = "items.parquet"
@@ -68,3 +69,10 @@ class IndexManifest:
         if missing:
             raise IndexLoadError(f"index manifest lacks {', '.join(missing)}")
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def indexes_root(storage_root: str) -> str:
+    """Where a storage root keeps its indexes (and the ``LATEST`` pointer search follows)."""
+    from . import storage
+
+    return storage.join(storage_root, INDEXES_DIR)

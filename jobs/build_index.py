@@ -204,9 +204,9 @@ def build_or_update(config: BuildIndexConfig, run_uri: str, indexes: str):
 
 def run(config: BuildIndexConfig) -> BuildIndexResult:
     """Read the embeddings, build or update, measure recall, write ``indexes/<id>/`` and publish it."""
-    from artifacts import embeddings, publish, storage
+    from artifacts import embeddings, publish
     from artifacts.configuration import to_dict
-    from artifacts.index_manifest import MANIFEST, IndexBuildError
+    from artifacts.index_manifest import MANIFEST, IndexBuildError, indexes_root
 
     t0 = time.time()
     if config.smoke_test:
@@ -214,7 +214,7 @@ def run(config: BuildIndexConfig) -> BuildIndexResult:
     run_uri = resolve_embeddings(config)
     run_manifest = embeddings.read_manifest(run_uri)
     root = storage_root(config)
-    indexes = storage.join(root, "indexes")
+    indexes = indexes_root(root)
     index, update = build_or_update(config, run_uri, indexes)
     recall = index.measure_recall(k=10, sample=config.recall_queries, seed=config.seed)
     filtered = index.measure_recall(k=10, sample=config.recall_queries, seed=config.seed, category="own")

@@ -246,13 +246,14 @@ def run(config: EvaluateSearchConfig) -> dict:
 
 def _model_and_index(config: EvaluateSearchConfig, root: str):
     """``(model runner, index, category -> class, each item's class)``, checked to belong together."""
-    from artifacts import model_artifact, storage
+    from artifacts import model_artifact
     from artifacts.hnsw_index import HnswIndex
+    from artifacts.index_manifest import indexes_root
     from artifacts.inference import ModelRunner
 
     runner = ModelRunner(config.model or model_artifact.models_root(root))
     card = runner.card
-    index = HnswIndex.load(config.index or storage.join(root, "indexes"), expected_dim=card.embedding_dim)
+    index = HnswIndex.load(config.index or indexes_root(root), expected_dim=card.embedding_dim)
     manifest = index.manifest
     if manifest.model_id and manifest.model_id != card.model_id and not config.allow_model_mismatch:
         raise ValueError(f"index {manifest.index_id} was built from model {manifest.model_id}'s embeddings, not "

@@ -11,7 +11,8 @@ import logging
 
 from ray import serve
 
-from artifacts import publish, storage
+from artifacts import publish
+from artifacts.index_manifest import indexes_root
 from artifacts.logs import setup_logging
 
 from .searcher import CatalogueSearcher
@@ -25,7 +26,7 @@ class Search:
     def __init__(self, storage_root: str, keep: int = 2, ef: int = 0, threads: int = 1, slot: int = 0,
                  slots: int = 1, memory_budget_bytes: int = 0):
         setup_logging()
-        self.indexes_uri = storage.join(storage_root, "indexes")
+        self.indexes_uri = indexes_root(storage_root)
         self.ef, self.threads = ef, threads
         self.slot, self.slots, self.memory_budget_bytes = slot, slots, memory_budget_bytes
         self.indexes: VersionCache = VersionCache(self._load, keep=keep, what=f"index (search slot {slot})")

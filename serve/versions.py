@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from artifacts import index_shards, model_artifact, publish, storage
 from artifacts.index_manifest import MANIFEST as INDEX_MANIFEST
-from artifacts.index_manifest import IndexLoadError, IndexManifest
+from artifacts.index_manifest import IndexLoadError, IndexManifest, indexes_root
 from artifacts.model_card import CARD_FILE, ModelCard
 
 FOLLOW_INDEX = "index"
@@ -103,7 +103,7 @@ def resolve(root: str, *, model: str = FOLLOW_INDEX, index: str = FOLLOW_LATEST)
     version it has).
     """
     models_uri = model_artifact.models_root(root)
-    indexes_uri = storage.join(root, "indexes")
+    indexes_uri = indexes_root(root)
     index_id = _latest(indexes_uri) if index == FOLLOW_LATEST else publish.check_id(index)
     manifest, layout = None, None
     if index_id is not None:
