@@ -85,6 +85,9 @@ def embed_with_ray_data(todo, model_uri: str, card, config, run_uri: str):
     from artifacts import storage
 
     _ensure_ray(config)
+    # The job logs its own progress (embedding/run_rows.Progress: done, failed, items/s every 5 s);
+    # Ray Data's progress bars, log lines per operator every few seconds without a terminal, drown it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     remote_args = {}
     uses_s3 = (storage.is_remote(model_uri) or storage.is_remote(run_uri)
                or pc.any(pc.match_substring_regex(todo.column("image_uri"), "^(?i)s3a?://")).as_py())

@@ -188,7 +188,8 @@ def test_openapi_documents_every_route(url):
                        "/v1/search/batch": {"k", "category", "score_threshold"},
                        "/v1/items/{item_id}/similar": {"item_id", "k", "category", "score_threshold"},
                        "/v1/items/{item_id}/image": {"item_id"}, "/v1/samples": {"per_category"},
-                       "/v1/embed": {"model_id"}, "/v1/info": set(), "/v1/classify": set()}
+                       "/v1/embed": {"model_id"}, "/v1/info": set(), "/v1/classify": set(),
+                       "/v1/explain": {"method"}}
     v1 = {p for p in spec["paths"] if p.startswith("/v1/")}
     assert v1 == set(expected_params), v1
     for path in v1 | {"/healthz"}:
