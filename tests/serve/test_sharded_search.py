@@ -52,6 +52,8 @@ def _answers(url: str, queries: list[bytes], categories: list[str], similar_to: 
 
 def test_a_two_shard_index_answers_what_one_index_answers_and_swaps_in_under_load(deploy_app, serving_store,
                                                                                   tmp_path):
+    # One scenario (over 60 lines on purpose): the swap under load starts from the app that served
+    # the plain index the step before, and a deployment of Serve costs a minute on 2 cores.
     root = str(tmp_path / "store")
     shutil.copytree(serving_store, root)
     indexes = storage.join(root, "indexes")
