@@ -30,7 +30,8 @@ def fixed_width(ids) -> np.ndarray:
         raise ValueError("item ids must not be null")
     n = len(arr)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if n else np.zeros(0, np.uint8)
+    buffer = arr.buffers()[2]  # None when every id is empty
+    data = np.frombuffer(buffer, dtype=np.uint8) if n and buffer is not None else np.zeros(0, np.uint8)
     lengths = np.diff(offsets)
     width = max(1, int(lengths.max()) if n else 1)
     out = np.zeros((n, width), np.uint8)

@@ -29,6 +29,7 @@ def test_inputs_of_every_kind_and_sliced_arrow_arrays():
 
 def test_empty_and_null():
     assert IdLookup([]).rows(["x"]).tolist() == [-1]
+    assert IdLookup(["", ""]).rows(["", "x"]).tolist() == [-1, -1]  # no id is empty; nothing matches it
     with pytest.raises(ValueError, match="null"):
         IdLookup(pa.array(["a", None]))
 
