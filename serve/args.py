@@ -38,6 +38,11 @@ class AppArgs(BaseModel):
     upload_idle_timeout_s: float = Field(10.0, gt=0)
     default_k: int = Field(30, ge=1)
     max_k: int = Field(200, ge=1)
+    # Concurrent POST /v1/search requests answered together by one Classifier and one Search call
+    # (serve/search_gather.py): at most this many, waiting at most this long for more (0: take
+    # what is in flight; a batch forms while the one before it is out).
+    search_batch_size: int = Field(32, ge=1)
+    search_batch_wait_s: float = Field(0.0, ge=0)
     search_ef: int = Field(0, ge=0)  # hnswlib ef at query time; 0 = the index's own setting
     # Search deployments (slots) serving an index's shards (artifacts/index_shards.py): slot s is
     # deployment "Search" (s = 0) or "Search-<s>" and holds shards s, s + slots, ...

@@ -1,7 +1,9 @@
 """Classifier deployment: model inputs → class probabilities and the unit-length embedding.
 
-Concurrent requests are batched into one forward pass (``@serve.batch``); each request names the
-model version it was started with, and the replica keeps the last few versions loaded.
+Concurrent ``/v1/classify`` requests are batched into one forward pass (``@serve.batch``); the
+ingress gathers concurrent ``/v1/search`` requests itself and sends their images in one
+``predict_many`` call. Each call names the model version it was started with, and the replica
+keeps the last few versions loaded.
 """
 
 from __future__ import annotations
@@ -85,10 +87,16 @@ class Classifier:
         """One preprocessed image → ``{"probabilities", "embedding", "model_id"}`` (or ``{"error"}``)."""
         return await self._predict_batch(pixels, model_id)
 
-    async def embed_many(self, pixels: np.ndarray, model_id: str) -> dict:
-        """A batch of preprocessed images (already one array: no request batching) →
-        ``{"embeddings", "probabilities", "zero"}``, for the embedding job's small increments."""
-        runner = await self.models.get(model_id)
+    async def predict_many(self, pixels: np.ndarray, model_id: str) -> dict:
+        """A batch of preprocessed images (already one array: the images of one /v1/embed or
+        /v1/search/batch request, or the uploads of the /v1/search requests the ingress gathered)
+        → ``{"embeddings", "probabilities", "zero"}``, or ``{"error"}`` when the model cannot be
+        loaded (the ingress answers 503)."""
+        try:
+            runner = await self.models.get(model_id)
+        except Exception as exc:
+            return {"error": f"model {model_id} unavailable: {exc}"}
+        # Off the event loop, so the replica keeps taking calls while this one computes.
         out = await asyncio.to_thread(runner, pixels)
         return {"embeddings": out.embeddings, "probabilities": out.probabilities, "zero": out.zero}
 

@@ -40,10 +40,12 @@ class SearchSlots:
     def __init__(self, handles):
         self.handles = list(handles) if isinstance(handles, (list, tuple)) else [handles]
 
+    def _slots(self, v: versions.ServingVersion, category: str | None) -> list[int]:
+        return sorted({slot_of(s, len(self.handles)) for s in v.shards_for(category)})
+
     def holding(self, v: versions.ServingVersion, category: str | None = None) -> list:
         """The slots holding shards of ``category`` (``None``: every shard)."""
-        slots = len(self.handles)
-        return [self.handles[n] for n in sorted({slot_of(s, slots) for s in v.shards_for(category)})]
+        return [self.handles[n] for n in self._slots(v, category)]
 
     async def search(self, v: versions.ServingVersion, embedding, k: int, category: str | None) -> list[dict]:
         slots = self.holding(v, category)
@@ -51,6 +53,25 @@ class SearchSlots:
             return await call(slots[0].search, embedding, v.index_id, k, category)
         parts = await asyncio.gather(*(call(h.search_scored, embedding, v.index_id, k, category) for h in slots))
         return [hit for _, hit in merge_top_k(parts, k, lambda scored: scored[0])]
+
+    async def search_many(self, v: versions.ServingVersion, embeddings, ks: list[int],
+                          categories: list[str | None]) -> list[list[dict]]:
+        """:meth:`search` of each row of ``embeddings`` (with its own k and category), as one call
+        per slot when each query needs one slot (a plain index: one call in all)."""
+        where = [self._slots(v, c) for c in categories]
+        if any(len(w) != 1 for w in where):  # a query spread over slots: merged one by one
+            return list(await asyncio.gather(*(self.search(v, e, k, c) for e, k, c in zip(embeddings, ks, categories))))
+        by_slot: dict[int, list[int]] = {}
+        for i, w in enumerate(where):
+            by_slot.setdefault(w[0], []).append(i)
+        parts = await asyncio.gather(*(call(self.handles[s].search_many, embeddings[rows], v.index_id,
+                                            [ks[i] for i in rows], [categories[i] for i in rows])
+                                       for s, rows in by_slot.items()))
+        found: list[list[dict]] = [[] for _ in ks]
+        for rows, part in zip(by_slot.values(), parts):
+            for i, hits in zip(rows, part):
+                found[i] = hits
+        return found
 
     async def first(self, v: versions.ServingVersion, method: str, *args):
         """The first non-empty answer of ``method(index_id, *args)`` over every slot: an item id

@@ -14,7 +14,6 @@ streamed by :mod:`.item_images`, and every error answered in :mod:`.errors`' one
 
 # No `from __future__ import annotations`: FastAPI must see `Request` and the parameter types
 # themselves in the signatures of these methods, which Serve rewrites into routes.
-import asyncio
 import json
 import logging
 import time
@@ -24,7 +23,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BeforeValidator
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -41,7 +40,9 @@ from .errors import ApiError, error_response, install_error_handlers
 from .explanations import EXPLAIN_METHOD, explain_upload
 from .fanout import SearchSlots, call
 from .image_batch import preprocess_batch
+from .search_gather import BLANK, SearchAnswer, SearchQuery, above, answer_all, category_for, with_urls
 from .item_images import ItemImageError, item_image_response
+from .json_response import JSONResponse
 from .uploads import UploadError, image_from_body, read_body
 from .version_watch import VersionWatch
 
@@ -78,15 +79,6 @@ def _in_range(name: str, value: int | None, default: int, lo: int, hi: int) -> i
     return value
 
 
-def _above(hits: list[dict], threshold: float) -> list[dict]:
-    # On the similarity the client sees (rounded to 0.01), so every hit shown is >= the threshold.
-    return [h for h in hits if h["similarity"] >= threshold] if threshold > 0 else hits
-
-
-def _with_urls(hits: list[dict]) -> list[dict]:
-    return [{**h, "image_url": f"/v1/items/{h['item_id']}/image"} for h in hits]
-
-
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
@@ -98,6 +90,8 @@ class Ingress:
         # One handle per search slot (serve/search.py); a sharded index's shards are spread over them.
         self.slots = SearchSlots(search)
         self.args = AppArgs(**args)
+        self._gathered.set_max_batch_size(self.args.search_batch_size)
+        self._gathered.set_batch_wait_timeout_s(self.args.search_batch_wait_s)
         self.root = self.args.storage or storage.default_root()
         self.keys = ApiKeys(self.args.api_keys_file)
         self.metrics = AppMetrics()
@@ -110,11 +104,24 @@ class Ingress:
         return await read_body(request, self.args.max_upload_bytes, timeout_s=self.args.upload_timeout_s,
                                idle_timeout_s=self.args.upload_idle_timeout_s)
 
+    async def _upload(self, request: Request) -> bytes:
+        """The image bytes of a one-image request: a raw body is used as it is (no copy, no thread
+        hop); a multipart body is parsed off the event loop (10 MiB take milliseconds, never on
+        the loop that every other request of this replica waits on)."""
+        body, content_type = await self._body(request), request.headers.get("content-type", "")
+        if content_type.lower().startswith("multipart/form-data"):
+            return await run_in_threadpool(image_from_body, body, content_type)
+        return image_from_body(body, content_type)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
+    async def _gathered(self, queries: list[SearchQuery]) -> list[SearchAnswer]:
+        """The /v1/search requests in flight, answered together (serve/search_gather.py). No wait:
+        the requests that arrive while a batch is out form the next one; two batches in flight
+        keep the Classifier busy while Search answers the other."""
+        return await answer_all(queries, self.classifier, self.slots, self.args.max_pixels)
+
     async def _classify(self, request: Request, version: versions.ServingVersion) -> dict:
-        body = await self._body(request)
-        # Off the event loop: parsing 10 MiB takes milliseconds, but never on the loop that
-        # every other request of this replica waits on.
-        data = await run_in_threadpool(image_from_body, body, request.headers.get("content-type", ""))
+        data = await self._upload(request)
         spec = PreprocessSpec.from_dict(version.preprocessing)
         pixels = await run_in_threadpool(preprocess_bytes, data, spec, max_pixels=self.args.max_pixels)
         out = await call(self.classifier.predict, pixels, version.model_id)
@@ -130,7 +137,9 @@ class Ingress:
         batch = await run_in_threadpool(preprocess_batch, body, request.headers.get("content-type", ""), spec,
                                         limit=limit, max_pixels=self.args.max_pixels,
                                         max_request_pixels=self.args.max_request_pixels)
-        out = await call(self.classifier.embed_many, np.stack(batch.pixels), version.model_id) if batch.pixels else None
+        out = await call(self.classifier.predict_many, np.stack(batch.pixels), version.model_id) if batch.pixels else None
+        if out and "error" in out:
+            raise ApiError(503, out["error"])
         if batch.rejected:
             self.metrics.rejected.inc(len(batch.rejected), tags={"reason": "not_an_image"})
         return batch, out
@@ -139,13 +148,6 @@ class Ingress:
     def _classes(version: versions.ServingVersion, probabilities: np.ndarray) -> list[dict]:
         order = np.argsort(-probabilities, kind="stable")
         return [{"name": version.class_names[i], "probability": round(float(probabilities[i]), 6)} for i in order]
-
-    @staticmethod
-    def _category(v: versions.ServingVersion, wanted: str, auto: str | None) -> str | None:
-        """What ``category=`` names: ``auto`` → ``auto`` (when the index has it), ``all`` → None."""
-        if wanted == "auto":
-            return auto if auto in v.categories else None
-        return None if wanted == "all" else wanted
 
     def _searchable(self, v: versions.ServingVersion, k: int | None, category: str) -> tuple[int, str]:
         if not v.index_id:
@@ -253,8 +255,7 @@ class Ingress:
             t0 = time.perf_counter()
             self._authorize(request, "search")
             v = await self.watch.serving()
-            data = await run_in_threadpool(image_from_body, await self._body(request),
-                                           request.headers.get("content-type", ""))
+            data = await self._upload(request)
             out = await explain_upload(self.classifier, data, v, method, self.args.max_pixels, self._classes)
             return {**out, "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
         return await self._handle("explain", request, work)
@@ -268,16 +269,14 @@ class Ingress:
             self._authorize(request, "search")
             v = await self.watch.serving()
             n, wanted = self._searchable(v, k, category)
-            out = await self._classify(request, v)
-            classes = self._classes(v, out["probabilities"])
-            if out["zero_embedding"]:
-                raise ApiError(422, "the model sees no features in this image (blank?), nothing to compare")
             # auto, the published design: search within the predicted class, when the index has it.
-            where = self._category(v, wanted, classes[0]["name"])
-            hits = _above(await self.slots.search(v, out["embedding"], n, where), score_threshold)
-            return {"model_id": v.model_id, "index_id": v.index_id, "predicted": classes[0]["name"],
-                    "classes": classes, "category": where, "k": n, "score_threshold": score_threshold,
-                    "results": _with_urls(hits), "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+            a = await self._gathered(SearchQuery(await self._upload(request), v, n, wanted))
+            if a.error is not None:
+                raise a.error
+            return {"model_id": v.model_id, "index_id": v.index_id, "predicted": a.predicted,
+                    "classes": self._classes(v, a.probabilities), "category": a.category, "k": n,
+                    "score_threshold": score_threshold, "results": with_urls(above(a.hits, score_threshold)),
+                    "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
         return await self._handle("search", request, work)
 
     @app.post("/v1/search/batch", response_model=schemas.BatchSearchResponse, responses=SEARCH_ERRORS,
@@ -294,22 +293,24 @@ class Ingress:
             v = await self.watch.serving()
             n, wanted = self._searchable(v, k, category)
             batch, out = await self._batch(request, v, self.args.max_search_batch_images)
-            queries, searches, j = [], [], 0
+            queries, searched, j = [], [], 0
             for key in batch.keys:
                 if key in batch.rejected:
                     queries.append({"key": key, "error": batch.rejected[key]})
                     continue
                 predicted = self._classes(v, out["probabilities"][j])[0]["name"]
-                where = self._category(v, wanted, predicted)
-                queries.append({"key": key, "predicted": predicted, "category": where})
+                queries.append({"key": key, "predicted": predicted, "category": category_for(v, wanted, predicted)})
                 if out["zero"][j]:
-                    queries[-1]["error"] = "the model sees no features in this image (blank?), nothing to compare"
+                    queries[-1]["error"] = BLANK
                 else:
-                    searches.append((len(queries) - 1, self.slots.search(v, out["embeddings"][j], n, where)))
+                    searched.append((len(queries) - 1, j))
                 j += 1
             results = [[] for _ in queries]
-            for (i, _), hits in zip(searches, await asyncio.gather(*(s for _, s in searches))):
-                results[i] = _with_urls(_above(hits, score_threshold))
+            # One Search call for the request's images, as for gathered /v1/search requests.
+            found = await self.slots.search_many(v, out["embeddings"][[j for _, j in searched]], [n] * len(searched),
+                                                 [queries[i]["category"] for i, _ in searched]) if searched else []
+            for (i, _), hits in zip(searched, found):
+                results[i] = with_urls(above(hits, score_threshold))
             return {"model_id": v.model_id, "index_id": v.index_id, "k": n, "score_threshold": score_threshold,
                     "queries": queries, "results": results, "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
         return await self._handle("search_batch", request, work)
@@ -332,12 +333,12 @@ class Ingress:
             item = await self.slots.first(v, "item_vector", item_id)
             if not item:
                 raise ApiError(404, f"no catalogue item {item_id!r} in index {v.index_id}")
-            where = self._category(v, wanted, item["category"])
+            where = category_for(v, wanted, item["category"])
             # One more than asked: the item itself is (normally) its own nearest neighbour.
             hits = [h for h in await self.slots.search(v, item["embedding"], n + 1, where) if h["item_id"] != item_id][:n]
             return {"model_id": v.model_id, "index_id": v.index_id, "item_id": item_id,
                     "item_category": item["category"], "category": where, "k": n, "score_threshold": score_threshold,
-                    "results": _with_urls(_above(hits, score_threshold)),
+                    "results": with_urls(above(hits, score_threshold)),
                     "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
         return await self._handle("similar", request, work)
 

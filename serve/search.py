@@ -41,6 +41,10 @@ class Search:
     async def search(self, embedding, index_id: str, k: int, category: str | None) -> list[dict]:
         return (await self.indexes.get(index_id)).search(embedding, k, category)
 
+    async def search_many(self, embeddings, index_id: str, ks: list[int], categories: list) -> list[list[dict]]:
+        """:meth:`search` of each row of ``embeddings``: the queries of several requests in one call."""
+        return (await self.indexes.get(index_id)).search_many(embeddings, ks, categories)
+
     async def search_scored(self, embedding, index_id: str, k: int, category: str | None) -> list:
         return (await self.indexes.get(index_id)).search_scored(embedding, k, category)
 

@@ -105,10 +105,25 @@ class CatalogueSearcher:
         """Top-``k`` items for one unit-length embedding, best first; ``category`` None = all."""
         return [hit for _, hit in self.search_scored(embedding, k, category)]
 
+    def search_many(self, embeddings, ks: list[int], categories: list) -> list[list[dict]]:
+        """:meth:`search` of each row of ``embeddings`` with its own k and category; the rows that
+        share both go to the index as one query batch (each row gets what it would alone)."""
+        embeddings = np.asarray(embeddings, np.float32)
+        groups: dict[tuple, list[int]] = {}
+        for i, key in enumerate(zip(ks, categories)):
+            groups.setdefault(key, []).append(i)
+        found: list[list[dict]] = [[] for _ in ks]
+        for (k, category), rows in groups.items():
+            for i, hits in zip(rows, self.index.search(embeddings[rows], k=k, category=category)):
+                found[i] = [hit for _, hit in self._scored(hits)]
+        return found
+
     def search_scored(self, embedding, k: int, category: str | None = None) -> list[tuple[float, dict]]:
         """:meth:`search` with each hit's unrounded similarity, which the ingress merges the
         answers of several search slots by."""
-        hits = self.index.search(np.asarray(embedding, np.float32)[None, :], k=k, category=category)[0]
+        return self._scored(self.index.search(np.asarray(embedding, np.float32)[None, :], k=k, category=category)[0])
+
+    def _scored(self, hits) -> list[tuple[float, dict]]:
         ids = [h.item_id for h in hits]
         subs = self._sub_categories_of(ids)
         out = []
