@@ -173,7 +173,8 @@ class HnswIndex:
     # ---------------------------------------------------------------- basics
     def __len__(self) -> int:
         """Live items (tombstones not counted)."""
-        return len(self.item_ids) - int(self.deleted.sum()) if self._live is not None else len(self.item_ids)
+        # Every search asks; counting the tombstones here cost 0.3-0.6 ms a query at 1M rows.
+        return len(self.item_ids) if self._live is None else len(self._live)
 
     @property
     def n_positions(self) -> int:
