@@ -23,6 +23,7 @@ from artifacts import model_artifact, model_gate, publish, storage
 from artifacts.configuration import load_config, to_dict
 from artifacts.model_card import ModelCard
 
+from .data_parallel import TRAIN_DIR, concurrent_trials, trial_resources
 from .training import BEST, OPTIMIZERS, TrainConfig
 
 log = logging.getLogger("vitrine.grid")
@@ -33,8 +34,10 @@ SUMMARY = "grid_summary.json"
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    cpu: float = 1.0
-    gpu: float = 0.0  # fractions share a GPU between trials
+    cpu: float = 1.0  # per worker
+    gpu: float = 0.0  # per worker; fractions share a GPU between trials
+    # > 1: the trial trains data-parallel on this many Ray Train workers (tune/data_parallel.py)
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,10 @@ def _photo_banks(config: GridConfig, specs: list[dict]) -> dict:
     return banks
 
 
-def run_trial(params: dict, data_source: str = "", photo_banks: dict | None = None) -> None:
-    """The Tune trainable: one training run reporting every epoch with its checkpoint."""
+def run_trial(params: dict, data_source: str = "", photo_banks: dict | None = None,
+              resources: ResourcesConfig | None = None, train_storage: dict | None = None) -> None:
+    """The Tune trainable: one training run reporting every epoch with its checkpoint, in this
+    process or (``resources.workers`` > 1) on Ray Train workers, with ``train_storage`` as theirs."""
     from ray import tune as ray_tune
 
     from artifacts.logs import setup_logging
@@ -148,6 +153,16 @@ def run_trial(params: dict, data_source: str = "", photo_banks: dict | None = No
     # Said where the backbone is built (this worker's files and environment), for the card and report.
     weights = backbone_weights(cfg.architecture, cfg.model_options)
     extra = {"backbone_weights": weights} if weights else {}
+    resources = resources or ResourcesConfig()
+    if resources.workers > 1:
+        from .data_parallel import train_on_workers
+
+        def forward(metrics: dict, checkpoint) -> None:
+            ray_tune.report({**metrics, **extra}, checkpoint=checkpoint)
+
+        return train_on_workers(params["trial"]["train"], workers=resources.workers, cpu=resources.cpu,
+                                gpu=resources.gpu, data_source=data_source, photo_banks=photo_banks,
+                                storage=train_storage or {}, report=forward)
     data = prepare_data(cfg, data_source or None)
     log.info("trial %s/%s/%g: %d training and %d validation images loaded in %.1f s", cfg.architecture,
              cfg.optimizer, cfg.learning_rate, len(data.train_y), len(data.val_y), time.time() - t0)
@@ -190,9 +205,11 @@ def run(config: GridConfig) -> GridResult:
     run_uri = storage.join(kind_uri, run_id)
     _ensure_ray(config)
 
+    res = config.resources
     trainable = ray_tune.with_resources(
-        ray_tune.with_parameters(run_trial, data_source=config.data, photo_banks=_photo_banks(config, specs)),
-        {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
+        ray_tune.with_parameters(run_trial, data_source=config.data, photo_banks=_photo_banks(config, specs),
+                                 resources=res, train_storage=_storage_args(storage.join(run_uri, TRAIN_DIR))),
+        trial_resources(res.workers, res.cpu, res.gpu))
     started = time.time()
     tuner, resumed = _tuner(config, specs, trainable, kind_uri, run_uri, run_id)
     results = tuner.fit()
@@ -254,7 +271,8 @@ def _tuner(config: GridConfig, specs: list[dict], trainable, kind_uri: str, run_
         trainable,
         param_space={"trial": ray_tune.grid_search(specs)},
         tune_config=ray_tune.TuneConfig(
-            max_concurrent_trials=config.max_concurrent_trials or None,
+            max_concurrent_trials=concurrent_trials(config.resources.workers, config.resources.cpu,
+                                                    config.resources.gpu, config.max_concurrent_trials),
             trial_dirname_creator=lambda t: f"{t.config['trial']['architecture']}_{t.config['trial']['optimizer']}"
             f"_{t.config['trial']['learning_rate']:g}_{t.trial_id}"),
         run_config=ray_tune.RunConfig(

@@ -173,7 +173,7 @@ def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
     configure_threads(config.threads)
     keras.utils.set_random_seed(config.seed)
 
-    model, state = _model_and_state(config, data, workdir, resume)
+    model, state = model_and_state(config, data, workdir, resume)
     spec = spec or preprocess_spec_for(model)
     train_ds = make_dataset(data.train_x, data.train_y, spec, batch_size=config.batch_size, shuffle=True,
                             seed=config.seed + state["epoch"], augment=config.augmentation,
@@ -183,7 +183,7 @@ def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
     remaining_patience_ok = not (0 < config.early_stopping_patience <= state["wait"])
     if state["epoch"] < config.epochs and remaining_patience_ok:
         model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=state["epoch"],
-                  callbacks=[_epoch_tracker(config, state, workdir, started, on_epoch)], verbose=0,
+                  callbacks=[epoch_tracker(config, state, workdir, started, on_epoch)], verbose=0,
                   shuffle=False)  # the dataset shuffles itself
     return TrainOutcome(history=state["history"], best_epoch=state["best_epoch"],
                         best_val_accuracy=state["best_val_accuracy"], epochs_run=state["epoch"],
@@ -191,7 +191,7 @@ def train(config: TrainConfig, data: Splits, *, workdir: str | Path,
                         params=int(model.count_params()))
 
 
-def _model_and_state(config: TrainConfig, data: Splits, workdir: Path, resume: bool):
+def model_and_state(config: TrainConfig, data: Splits, workdir: Path, resume: bool):
     """``(model, training state)``: the last checkpoint in ``workdir`` and its state when resuming,
     else a new compiled model and a fresh state."""
     import keras
@@ -220,7 +220,7 @@ def _model_and_state(config: TrainConfig, data: Splits, workdir: Path, resume: b
     return model, state
 
 
-def _epoch_tracker(config: TrainConfig, state: dict, workdir: Path, started: float,
+def epoch_tracker(config: TrainConfig, state: dict, workdir: Path, started: float,
                    on_epoch: Callable[[dict, Path], None] | None):
     """The Keras callback that, after each epoch, updates ``state``, saves the best and last
     models and the state to ``workdir``, reports to ``on_epoch`` and stops early on patience."""
