@@ -47,6 +47,12 @@ SERVE_CONFIGS: dict[str, dict] = {
                                       "about": "RAY_SERVE_THROUGHPUT_OPTIMIZED=1, batch up to 32, wait 2 ms"},
     "fixed-211-throughput": {"deployments": _fixed(2, 1, 1), "env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
                              "about": "RAY_SERVE_THROUGHPUT_OPTIMIZED=1, 2 Ingress replicas"},
+    "haproxy": {"deployments": {}, "env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+                "about": "serve/config.yaml with Ray's throughput mode behind Serve's HAProxy ingress "
+                         "(RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy forwards HTTP straight to the Ingress replicas)"},
+    "shipped-proxy": {"deployments": {}, "env": {"RAY_SERVE_ENABLE_HA_PROXY": "0"},
+                      "about": "serve/config.yaml in Ray's throughput mode through Serve's Python HTTP proxy "
+                               "(RAY_SERVE_ENABLE_HA_PROXY=0: what `vitrine serve` shipped before the HAProxy ingress)"},
     "fixed-111-throughput-proxy": {"deployments": _fixed(1, 1, 1),
                                    "env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                                            "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},

@@ -98,7 +98,9 @@ def _child_env(storage: str) -> dict:
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
            "VITRINE_STORAGE": storage, "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)  # always a private local Ray, never someone's running cluster
+    # Always a private local Ray, never someone's running cluster: without an address ray.init
+    # joins the cluster a `ray start` on this machine left running; "local" starts a new one.
+    env["RAY_ADDRESS"] = "local"
     return env
 
 

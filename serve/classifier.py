@@ -92,13 +92,29 @@ class Classifier:
         /v1/search/batch request, or the uploads of the /v1/search requests the ingress gathered)
         → ``{"embeddings", "probabilities", "zero"}``, or ``{"error"}`` when the model cannot be
         loaded (the ingress answers 503)."""
-        try:
-            runner = await self.models.get(model_id)
-        except Exception as exc:
-            return {"error": f"model {model_id} unavailable: {exc}"}
-        # Off the event loop, so the replica keeps taking calls while this one computes.
-        out = await asyncio.to_thread(runner, pixels)
-        return {"embeddings": out.embeddings, "probabilities": out.probabilities, "zero": out.zero}
+        return await self._predict_arrays(pixels, model_id)
+
+    # No wait: calls that arrive while a forward pass runs (the ingress's gathered batches are
+    # small when requests trickle in through Serve's proxy) share the next pass.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    async def _predict_arrays(self, arrays: list[np.ndarray], model_ids: list[str]) -> list[dict]:
+        results: list[dict] = [{} for _ in arrays]
+        for model_id in dict.fromkeys(model_ids):
+            rows = [i for i, m in enumerate(model_ids) if m == model_id]
+            try:
+                runner = await self.models.get(model_id)
+                out = await asyncio.to_thread(runner, np.concatenate([arrays[i] for i in rows]))
+            except Exception as exc:
+                for i in rows:
+                    results[i] = {"error": f"model {model_id} unavailable: {exc}"}
+                continue
+            start = 0
+            for i in rows:
+                part = slice(start, start + len(arrays[i]))
+                start = part.stop
+                results[i] = {"embeddings": out.embeddings[part], "probabilities": out.probabilities[part],
+                              "zero": out.zero[part]}
+        return results
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.004)
     async def _predict_batch(self, pixels: list[np.ndarray], model_ids: list[str]) -> list[dict]:
