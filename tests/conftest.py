@@ -69,7 +69,8 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
+        # address="local": never join a `ray start` cluster someone left running on this machine.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
     yield ray
     ray.shutdown()
