@@ -30,6 +30,9 @@ ERRORS_DIR = "errors"
 # Dictionaries only where values repeat.
 PARQUET_OPTIONS = {"compression": {"embedding": "none"},
                    "use_dictionary": ["category", "sub_category", "predicted_category", "model_id"]}
+# Rows per row group of a data file (16 MB at 256 dims): the unit a reader (the next run's carry)
+# holds at a time, whatever the file's size.
+ROW_GROUP_ROWS = 16_384
 
 
 def embeddings_schema(dim: int) -> pa.Schema:
@@ -137,7 +140,7 @@ def write_part(run_uri: str, directory: str, name: str, table: pa.Table) -> str:
 
     uri = storage.join(run_uri, directory, name)
     buf = io.BytesIO()  # one PUT (S3) or one rename (local): a reader never sees half a file
-    pq.write_table(table, buf, **(PARQUET_OPTIONS if directory == DATA_DIR else {}))
+    pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, **(PARQUET_OPTIONS if directory == DATA_DIR else {}))
     storage.write_bytes(uri, buf.getvalue())
     return uri
 
@@ -169,7 +172,7 @@ class RunWriter:
             if self._writer is None:
                 self._open()
             take = min(table.num_rows, self.rows_per_file - self._in_part)
-            self._writer.write_table(table.slice(0, take))
+            self._writer.write_table(table.slice(0, take), row_group_size=ROW_GROUP_ROWS)
             table = table.slice(take)
             self._in_part += take
             self.rows += take

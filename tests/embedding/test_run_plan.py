@@ -141,3 +141,36 @@ def test_the_workers_block_writer_and_the_removal_of_files_no_report_names(tmp_p
     assert embeddings.part_files(run, embeddings.DATA_DIR) == [row["data_file"]]
     assert stray["data_file"] not in embeddings.part_files(run, embeddings.DATA_DIR)
     assert embeddings.read_errors_dir(run).num_rows == 1
+
+
+def test_a_file_of_many_row_groups_is_carried_group_by_group_within_the_read_ahead_bound(tmp_path, monkeypatch):
+    # Files of 40 rows in row groups of 8; read-ahead bounded to 16 rows: the carry must never
+    # hold a whole file, and must still keep every kept row, in order, with its category.
+    monkeypatch.setattr(embeddings, "ROW_GROUP_ROWS", 8)
+    monkeypatch.setattr(run_plan, "CARRY_ROWS_IN_FLIGHT", 16)
+    previous_rows = _rows([f"i{k:02d}" for k in range(80)])
+    run = _published_run(tmp_path, previous_rows, rows_per_file=40)
+    previous = run_plan.previous_keys(run)
+    assert previous.row_groups == [(8,) * 5, (8,) * 5]
+    dropped = {3, 17, 18, 41, 79}  # rows of groups 0 and 2 of the first file, 0 and 4 of the second
+    ids = [f"i{k:02d}" for k in range(80) if k not in dropped]
+    items = _items(ids, category="Coat")
+    plan = run_plan.plan(items, previous)
+    read_rows = []
+    real_read = run_plan._read_part
+
+    def counting_read(uri, schema, group=-1):
+        table = real_read(uri, schema, group)
+        read_rows.append(table.num_rows)
+        return table
+
+    monkeypatch.setattr(run_plan, "_read_part", counting_read)
+    out = str(tmp_path / "run-2")
+    writer = embeddings.RunWriter(out, DIM, 1000)
+    assert run_plan.carry(previous, plan, items, writer) == len(ids)
+    writer.close()
+    assert read_rows and max(read_rows) == 8  # one row group per read, never a file of 40
+    got = pq.read_table(str(tmp_path / "run-2" / "data"))
+    assert got.column("item_id").to_pylist() == ids  # previous file order kept
+    assert set(got.column("category").to_pylist()) == {"Coat"}
+    assert pq.ParquetFile(str(tmp_path / "run-2" / "data" / "part-00000.parquet")).metadata.num_row_groups == 10
