@@ -35,6 +35,14 @@ EDGE_LEVEL = 0.03
 FRAME_TOLERANCE = 1.0 / 28.0
 # Images per vectorised canonicalise() call in arrays_to_model_input.
 CANONICAL_CHUNK = 2048
+# Deskew (spec.deskew): the object is turned upright by the angle, within this range, at which
+# its bounding box is smallest (Fashion-MNIST's objects are upright, a shop photo may be a little
+# rotated), tried in steps of DESKEW_STEP_DEGREES ...
+DESKEW_MAX_DEGREES = 20.0
+DESKEW_STEP_DEGREES = 1.0
+# ... and only where that box is this much smaller than the upright one: a catalogue tile stays
+# as it is (an irregular shape, a sandal, can have a slightly smaller box at another angle).
+DESKEW_MIN_GAIN = 0.05
 
 
 def _border_background(x: np.ndarray, gradient: bool) -> np.ndarray:
@@ -130,11 +138,8 @@ def _object_boxes(m: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     speck: the whole image."""
     n, h, w, _ = m.shape
     g = m.max(axis=-1).astype(np.float32)
-    k = max(3, int(round(max(h, w) / 32)) | 1)
-    smooth = _box_mean(g, k)
-    ref = np.percentile(smooth.reshape(n, -1), 99, axis=1)
+    mask, ref = _object_mask(m, spec)
     thr = (spec.crop_threshold * ref)[:, None, None]
-    mask = smooth > thr
     rows, cols = mask.any(axis=2), mask.any(axis=1)
     y0, y1 = rows.argmax(axis=1), h - rows[:, ::-1].argmax(axis=1)
     x0, x1 = cols.argmax(axis=1), w - cols[:, ::-1].argmax(axis=1)
@@ -198,25 +203,107 @@ def _crop_resize(m: np.ndarray, box, spec: PreprocessSpec) -> np.ndarray:
         spec.height, spec.width, c)
 
 
-def _map_and_boxes(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 1-4 of :func:`canonicalise`: the foreground maps and the box each is cut to."""
+def _object_mask(m: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The object's pixels in each map of ``m`` (n, h, w, c), smoothed over a window of 1/32 of
+    the image and above ``crop_threshold`` of the smoothed map's 99th percentile (isolated noise
+    and JPEG ringing average out; a thin strap of a bright garment does not), and that
+    percentile (n,)."""
+    n, h, w, _ = m.shape
+    g = m.max(axis=-1).astype(np.float32)
+    k = max(3, int(round(max(h, w) / 32)) | 1)
+    smooth = _box_mean(g, k)
+    ref = np.percentile(smooth.reshape(n, -1), 99, axis=1)
+    return smooth > (spec.crop_threshold * ref)[:, None, None], ref
+
+
+def _box_areas(mask: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(n, A) area of the box around each mask's (n, h, w) pixels, with its sides along the
+    directions ``t`` (A radians, float32); infinite where a mask is empty."""
+    n, h, w = mask.shape
+    # A linear function of x is extreme, along each row, at the row's leftmost or rightmost
+    # object pixel: those 2h points give the box at every angle (not all h*w pixels).
+    rows = mask.any(axis=2)  # (n, h)
+    left = mask.argmax(axis=2).astype(np.float32)
+    right = (w - 1 - mask[:, :, ::-1].argmax(axis=2)).astype(np.float32)
+    xs = np.concatenate([left, right], axis=1)[:, None, :]  # (n, 1, 2h)
+    ys = np.tile(np.arange(h, dtype=np.float32), 2)[None, None, :]
+    valid = np.concatenate([rows, rows], axis=1)[:, None, :]
+    cos, sin = np.cos(t)[None, :, None], np.sin(t)[None, :, None]
+    # Box side along a direction t of the image axes (y grows downwards): the extent of
+    # x cos t - y sin t and x sin t + y cos t over the object's pixels.
+    sides = []
+    for proj in (xs * cos - ys * sin, xs * sin + ys * cos):  # (n, A, 2h)
+        sides.append(np.where(valid, proj, -np.inf).max(axis=2) - np.where(valid, proj, np.inf).min(axis=2) + 1)
+    area = sides[0] * sides[1]
+    return np.where(np.isfinite(area), area, np.inf)
+
+
+def deskew_angles(m: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) degrees (counter-clockwise, Pillow's convention) that turn the object in each map of
+    ``m`` (n, h, w, c) upright, and (n, 2) centres ``x, y`` to turn it about (its box's): the
+    angle within ±DESKEW_MAX_DEGREES whose axis-aligned box around the object's pixels is
+    smallest, kept only where that box is DESKEW_MIN_GAIN smaller than the unrotated one; 0
+    where there is no object."""
+    n, h, w, _ = m.shape
+    mask, ref = _object_mask(m, spec)
+    steps = np.arange(-DESKEW_MAX_DEGREES, DESKEW_MAX_DEGREES + DESKEW_STEP_DEGREES / 2, DESKEW_STEP_DEGREES)
+    t = np.deg2rad(steps).astype(np.float32)
+    rows = mask.any(axis=2)
+    area = _box_areas(mask, t)
+    upright = int(np.argmin(np.abs(steps)))
+    best = area.argmin(axis=1)
+    with np.errstate(invalid="ignore"):
+        gain = 1.0 - area[np.arange(n), best] / area[:, upright]
+    use = mask.reshape(n, -1).sum(axis=1) >= 10
+    use &= (ref >= 1.0) & np.isfinite(gain) & (gain > DESKEW_MIN_GAIN)
+    cols = mask.any(axis=1)
+    cy = (rows.argmax(axis=1) + h - rows[:, ::-1].argmax(axis=1)) / 2.0
+    cx = (cols.argmax(axis=1) + w - cols[:, ::-1].argmax(axis=1)) / 2.0
+    # The box is smallest where the axes follow the object's, at its tilt: turning back undoes it.
+    return np.where(use, -steps[best], 0.0).astype(np.float32), np.stack([cx, cy], axis=1)
+
+
+def _rotate_maps(m: np.ndarray, angles: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Each map of ``m`` (n, h, w, c) turned by its angle about its centre, same size (the
+    object stays where it was, so it rarely leaves the frame), background (0) where the turn
+    brings in pixels from outside."""
+    out = m.copy()
+    for i in np.flatnonzero(angles):
+        centre = (float(centres[i, 0]), float(centres[i, 1]))
+        for ch in range(m.shape[-1]):
+            img = Image.fromarray(m[i, ..., ch], mode="L")
+            out[i, ..., ch] = np.asarray(img.rotate(float(angles[i]), resample=Image.Resampling.BILINEAR,
+                                                    center=centre, fillcolor=0))
+    return out
+
+
+def _map_and_boxes(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 1-4 of :func:`canonicalise`: the foreground maps (deskewed where the spec says),
+    the box each is cut to, and each map's turn (n, 3): degrees, centre x, centre y."""
     n, h, w, _ = pixels.shape
     if spec.channels == 3 and pixels.shape[-1] == 1:
         pixels = np.repeat(pixels, 3, axis=-1)
     m = _foreground_map(pixels.astype(np.float32), _border_background(pixels.astype(np.float32),
                         spec.background_gradient), spec.channels)
+    turns = np.zeros((n, 3), np.float32)
+    if spec.deskew:
+        angles, centres = deskew_angles(m, spec)
+        m = _rotate_maps(m, angles, centres)
+        turns = np.concatenate([angles[:, None], centres], axis=1).astype(np.float32)
     boxes = _object_boxes(m, spec) if spec.crop else np.tile(np.array([0, h, 0, w]), (n, 1))
     if spec.pad_square:
         boxes = _fit_aspect(boxes, h, w, spec)
-    return m, boxes
+    return m, boxes, turns
 
 
-def input_boxes(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """(n, 4) boxes ``y0, y1, x0, x1``: the part of each image (n, h, w, c) that
-    :func:`canonicalise` turns into the model input, computed the same way; a box may reach past
-    the image (padding with background). For mapping what a model saw back onto the image
-    (artifacts/explain.py)."""
-    return _map_and_boxes(pixels, spec)[1]
+def input_regions(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Where :func:`canonicalise` takes each model input from in each image (n, h, w, c),
+    computed the same way: (n, 4) boxes ``y0, y1, x0, x1`` (a box may reach past the image:
+    padding with background) and (n, 3) turns ``degrees, x, y`` (the box is in the image turned
+    by that angle about that centre; 0 degrees without deskew). For mapping what a model saw
+    back onto the image (artifacts/explain.py)."""
+    _, boxes, turns = _map_and_boxes(pixels, spec)
+    return boxes, turns
 
 
 def canonicalise(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -237,7 +324,7 @@ def canonicalise(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     Both the single-image and the vectorised batch paths call this, so a tile in training and
     the same tile uploaded to the service give the same input."""
     n, h, w, _ = pixels.shape
-    m, boxes = _map_and_boxes(pixels, spec)
+    m, boxes, _ = _map_and_boxes(pixels, spec)
     if (h, w) == (spec.height, spec.width):
         out = m.copy()
         todo = np.flatnonzero((boxes != np.array([0, h, 0, w])).any(axis=1))

@@ -211,10 +211,11 @@ def resize_heatmap(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def place_heatmap(heat: np.ndarray, box, size: tuple[int, int]) -> np.ndarray:
-    """A heatmap of the model input onto the image it came from: ``box`` is
-    :func:`artifacts.preprocess.input_box` (the region the input was made from), ``size`` the
-    image's (width, height); 0 outside the box."""
+def place_heatmap(heat: np.ndarray, box, size: tuple[int, int], turn=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """A heatmap of the model input onto the image it came from: ``box`` and ``turn`` are
+    :func:`artifacts.preprocess.input_region` (the region the input was made from, in the image
+    turned by ``turn``'s degrees about its point when the model deskews), ``size`` the image's
+    (width, height); 0 outside the region."""
     w, h = size
     y0, y1, x0, x1 = (int(round(v)) for v in box)
     big = resize_heatmap(heat, (max(1, x1 - x0), max(1, y1 - y0)))
@@ -222,7 +223,11 @@ def place_heatmap(heat: np.ndarray, box, size: tuple[int, int]) -> np.ndarray:
     sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
     if sy1 > sy0 and sx1 > sx0:
         out[sy0:sy1, sx0:sx1] = big[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
-    return out
+    degrees, cx, cy = (float(v) for v in turn)
+    if degrees:  # back from the upright frame the input was cut from
+        out = np.asarray(Image.fromarray(out, mode="F").rotate(-degrees, resample=Image.Resampling.BILINEAR,
+                                                               center=(cx, cy), fillcolor=0.0), np.float32)
+    return np.clip(out, 0.0, 1.0)
 
 
 def colour(heat: np.ndarray) -> np.ndarray:
@@ -267,31 +272,36 @@ def upload_overlay(upload: "Upload", heat: np.ndarray, max_side: int) -> np.ndar
         rgb = rgb.resize(size, Image.Resampling.LANCZOS)
     sx, sy = size[0] / upload.image.width, size[1] / upload.image.height
     y0, y1, x0, x1 = upload.box
-    return overlay(np.asarray(rgb), place_heatmap(heat, (y0 * sy, y1 * sy, x0 * sx, x1 * sx), size))
+    degrees, cx, cy = upload.turn
+    return overlay(np.asarray(rgb), place_heatmap(heat, (y0 * sy, y1 * sy, x0 * sx, x1 * sx), size,
+                                                  (degrees, cx * sx, cy * sy)))
 
 
 @dataclass
 class Upload:
     """An upload as the model takes it: ``image`` decoded for the model (a large JPEG at a
     fraction of its size), the model input made from it by the one preprocessing function, the
-    region of ``image`` that input shows, and the upload's own ``size`` (width, height)."""
+    region of ``image`` that input shows (``box``, in ``image`` turned by ``turn``: degrees, x, y,
+    when the model deskews), and the upload's own ``size`` (width, height)."""
 
     data: bytes
     image: Image.Image
     pixels: np.ndarray
     box: tuple[float, float, float, float]
     size: tuple[int, int]
+    turn: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def read_upload(data: bytes, spec, *, max_pixels: int) -> Upload:
     """Encoded bytes → :class:`Upload`; raises :class:`artifacts.preprocess.ImageDecodeError` for
     an unusable image. The input is exactly ``preprocess_bytes(data, spec)``."""
-    from .preprocess import decode_image, draft_size, input_box, to_model_input
+    from .preprocess import decode_image, draft_size, input_region, to_model_input
 
     img = decode_image(data, max_pixels=max_pixels, draft_size=draft_size(spec))
     with Image.open(io.BytesIO(data)) as header:  # decoded above: the size before any draft
         size = header.size
-    return Upload(data=data, image=img, pixels=to_model_input(img, spec), box=input_box(img, spec), size=size)
+    box, turn = input_region(img, spec)
+    return Upload(data=data, image=img, pixels=to_model_input(img, spec), box=box, size=size, turn=turn)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .canonical import CANONICAL_CHUNK, canonicalise, input_boxes
+from .canonical import CANONICAL_CHUNK, canonicalise, input_regions
 
 # Batch jobs read catalogue images (a shop's own, up to large studio shots); the service's
 # upload limit is lower (serve/args.py max_pixels).
@@ -66,6 +66,9 @@ class PreprocessSpec:
     crop_margin: float = 0.0
     pad_square: bool = False  # pad the crop to a square with background (else stretch it)
     stretch_percentile: float = 0.0  # > 0: this percentile of the resized map becomes 1.0
+    # Turn the object upright before cropping (canonical.deskew_angles): a photo taken a little
+    # askew; an upright catalogue tile is left as it is.
+    deskew: bool = False
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -194,20 +197,29 @@ def input_box(img: Image.Image, spec: PreprocessSpec) -> tuple[float, float, flo
     """``(y0, y1, x0, x1)`` in ``img``'s pixels: the region :func:`to_model_input` turns into the
     model input (the canonical crop, or the old pipeline's letterbox; it may reach past the image
     where the input is padding). What a model saw maps back onto the image through it."""
+    return input_region(img, spec)[0]
+
+
+def input_region(img: Image.Image, spec: PreprocessSpec) -> tuple[tuple[float, ...], tuple[float, float, float]]:
+    """:func:`input_box` and the turn ``(degrees, x, y)`` it is taken after: a deskewing spec
+    turns the image by that angle about that point first (counter-clockwise, Pillow's
+    convention); ``(0, 0, 0)`` otherwise."""
     img = _to_8bit(img)
     w, h = img.size
     if spec.is_canonical:
         arr = np.asarray(img)
         arr = arr[None, ..., None] if arr.ndim == 2 else arr[None]
-        return tuple(float(v) for v in input_boxes(arr, spec)[0])
+        boxes, turns = input_regions(arr, spec)
+        return tuple(float(v) for v in boxes[0]), tuple(float(v) for v in turns[0])
+    none = (0.0, 0.0, 0.0)
     if (w, h) == (spec.width, spec.height):
-        return (0.0, float(h), 0.0, float(w))
+        return (0.0, float(h), 0.0, float(w)), none
     # ImageOps.pad: fit inside keeping the aspect ratio, centred; input pixels map to image pixels / s.
     s = min(spec.width / w, spec.height / h)
     rw, rh = max(1, round(w * s)), max(1, round(h * s))
     x_off, y_off = round((spec.width - rw) / 2), round((spec.height - rh) / 2)
     sx, sy = rw / w, rh / h
-    return (-y_off / sy, (spec.height - y_off) / sy, -x_off / sx, (spec.width - x_off) / sx)
+    return (-y_off / sy, (spec.height - y_off) / sy, -x_off / sx, (spec.width - x_off) / sx), none
 
 
 def draft_size(spec: PreprocessSpec) -> tuple[int, int]:

@@ -22,6 +22,7 @@ Prints a Markdown table (for docs/RESULTS.md) and writes it with the raw numbers
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -126,6 +127,19 @@ def markdown(rows: list[dict], command: str, note: str = "") -> str:
     return "\n".join(lines + ([""] + [note] if note else [])) + "\n"
 
 
+def _spec_override(pairs: list[str]) -> dict:
+    """``["deskew=true", "crop_margin=0.05"]`` -> PreprocessSpec field values (JSON literals)."""
+    from artifacts.preprocess import PreprocessSpec
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in PreprocessSpec.__dataclass_fields__:
+            raise SystemExit(f"--preprocess {pair!r}: expected FIELD=VALUE with a PreprocessSpec field")
+        out[key] = json.loads(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", required=True, help="model artifact URI (repeat to compare)")
@@ -136,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--api-key", default=os.environ.get("VITRINE_API_KEY", ""), help="for search_requires_key")
     ap.add_argument("--data", default=os.environ.get("FASHION_MNIST_DIR"))
     ap.add_argument("--out", default="", help="write the table and numbers as <out>.md / <out>.json")
+    ap.add_argument("--preprocess", action="append", default=[], metavar="FIELD=VALUE",
+                    help="also measure each model with this field of its card's PreprocessSpec changed (a row "
+                         "beside the card's own; repeat for several fields in one variant), e.g. deskew=true")
     args = ap.parse_args(argv)
+    override = _spec_override(args.preprocess)
     from tune.data import fashion_mnist
 
     ds = fashion_mnist.load(args.data)
@@ -146,12 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for uri in args.model:
         forward, spec, card = runner_forward(uri)
-        t0 = time.time()
-        row = measure(forward, spec, test=(ds.test_images, ds.test_labels),
-                      catalogue=(ds.train_images, ds.train_labels), photos=photos, retrieval=not args.no_retrieval)
-        rows.append({"name": f"{card.architecture} `{card.model_id}`", "uri": uri, **row,
-                     "seconds": round(time.time() - t0, 1)})
-        print(json.dumps(rows[-1]), file=sys.stderr)
+        variants = [("", spec)] + ([(" with " + ", ".join(args.preprocess), dataclasses.replace(spec, **override))]
+                                   if override else [])
+        for label, variant in variants:
+            t0 = time.time()
+            row = measure(forward, variant, test=(ds.test_images, ds.test_labels),
+                          catalogue=(ds.train_images, ds.train_labels), photos=photos, retrieval=not args.no_retrieval)
+            rows.append({"name": f"{card.architecture} `{card.model_id}`{label}", "uri": uri, **row,
+                         "preprocessing": variant.to_dict(), "seconds": round(time.time() - t0, 1)})
+            print(json.dumps(rows[-1]), file=sys.stderr)
     if args.url:
         t0 = time.time()
         row = over_http(args.url, photos, list(ds.class_names), api_key=args.api_key)

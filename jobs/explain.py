@@ -90,7 +90,8 @@ def _explain_one(explainer, uri: str, stem: str, config: ExplainConfig, tmp: Pat
     item = {"image": uri, "overlay": f"{stem}.png", "input_overlay": f"{stem}.input.png",
             "predicted": explainer.card.class_names[e.class_index], "probability": round(e.probability, 6),
             "method": e.method, "layer": e.layer, "empty": e.empty, "heatmap_shape": list(e.heatmap.shape),
-            "image_size": list(upload.size), "input_box": [round(v, 2) for v in upload.box]}
+            "image_size": list(upload.size), "input_box": [round(v, 2) for v in upload.box],
+            "input_angle": round(upload.turn[0], 2)}
     (tmp / f"{stem}.json").write_text(json.dumps(item, indent=2) + "\n")
     return item
 

@@ -51,4 +51,4 @@ async def explain_upload(classifier, data: bytes, v: versions.ServingVersion, me
     return {"model_id": v.model_id, "predicted": v.class_names[i], "probability": round(float(probs[i]), 6),
             "classes": classes(v, probs), "method": method, "layer": out["layer"], "empty": not out["heatmap"].any(),
             "heatmap_shape": list(out["heatmap"].shape), "input_box": [round(float(b), 2) for b in upload.box],
-            **drawn}
+            "input_angle": round(float(upload.turn[0]), 2), **drawn}

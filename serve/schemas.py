@@ -97,7 +97,11 @@ class ExplainResponse(_Out):
     overlay_png: str = Field(description="base64 PNG: the heatmap's colours over the upload, where the model looked.")
     overlay_size: list[int] = Field(description="[width, height] of the overlay: the upload's, longer side at most 512.")
     input_box: list[float] = Field(description="[y0, y1, x0, x1] in the upload's pixels: the region the model input "
-                                               "was made from (the preprocessing's crop).")
+                                               "was made from (the preprocessing's crop), in the upload turned by "
+                                               "input_angle.")
+    input_angle: float = Field(0.0, description="Degrees, counter-clockwise, that a model which deskews turned the "
+                                                "upload by (about the object's centre) before cutting input_box; 0 "
+                                                "for models that do not.")
     took_ms: float
 
 

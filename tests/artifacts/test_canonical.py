@@ -246,7 +246,8 @@ canonical_specs = st.builds(
     PreprocessSpec.canonical, height=st.sampled_from([28, 32, 7]), width=st.sampled_from([28, 32, 5]),
     channels=st.sampled_from([1, 3]), background_gradient=st.booleans(), crop=st.booleans(),
     pad_square=st.booleans(), crop_margin=st.sampled_from([0.0, 0.1, 0.5]),
-    crop_threshold=st.sampled_from([0.0, 0.1, 0.9]), stretch_percentile=st.sampled_from([0.0, 50.0, 99.0, 100.0]))
+    crop_threshold=st.sampled_from([0.0, 0.1, 0.9]), stretch_percentile=st.sampled_from([0.0, 50.0, 99.0, 100.0]),
+    deskew=st.booleans())
 
 
 @st.composite
