@@ -5,6 +5,8 @@
     vitrine tune --grid FILE [--smoke-test] [--storage URI] [--address RAY_ADDRESS] [--resume]
     vitrine evaluate --model DIR_OR_URI [--json] [--robustness [--compare URI ...]]
     vitrine explain --model DIR_OR_URI IMAGE... --out DIR [--method gradcam|saliency]
+    vitrine compare RUN... [--baselines DIR] [--out DIR] [--markdown FILE --section NAME]
+    vitrine baselines [--models NAME ...] [--data DIR] [--out DIR]
     vitrine quantize --model DIR_OR_URI --variant int8|float16 [--out MODELS_URI]
     vitrine export-catalogue | embed | build-index | evaluate-search | nightly ...
     vitrine serve [--config serve/config.yaml] [--port 8000] [--address ...]
@@ -32,6 +34,8 @@ COMMANDS = {
     "tune": ("jobs.tune_grid", "run a Ray Tune grid, report and export the best model"),
     "evaluate": ("jobs.evaluate_model", "reload a model artifact and reproduce its test metrics"),
     "explain": ("jobs.explain", "heatmaps (Grad-CAM or saliency) of what a model's prediction rests on, over images"),
+    "compare": ("jobs.compare_runs", "finished grid runs against the published claims: Markdown table and heatmaps"),
+    "baselines": ("jobs.fit_baselines", "classical scikit-learn baselines (SVC, random forest, k-NN, logistic regression) on the grids' split"),
     "quantize": ("jobs.quantize_model", "write a model's int8 / float16 TFLite variant as a model artifact with its own card"),
     "export-catalogue": ("jobs.export_catalogue", "write Fashion-MNIST as an image catalogue (tile PNGs or photo-style JPEGs + manifest)"),
     "embed": ("jobs.embed_catalogue", "embed a catalogue with Ray Data into Parquet (incremental)"),
