@@ -316,7 +316,8 @@ def canonicalise(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
        (polarity-free: a dark garment on white, a light one on
        black, either on a coloured wall all become a light object on black); a grayscale model
        gets the RMS over colour channels, an RGB model each channel's distance (so colour is
-       kept relative to the background, and the background is black);
+       kept relative to the background, and the background is black); ``deskew``: the map
+       turned upright (:func:`deskew_angles`);
     3. ``crop`` to the object's box with a margin; 4. ``pad_square``: pad to the input's aspect
        with background (else the crop is stretched); 5. resize (LANCZOS);
     6. ``stretch_percentile``: that percentile of the map becomes 255.

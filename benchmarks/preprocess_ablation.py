@@ -16,7 +16,8 @@ one before: ``old`` (invert a light border, the pre-canonical pipeline), ``+back
 median as background; the model sees the distance from it, which has no polarity), ``+crop``
 (object box with a margin, stretched to the input), ``+pad`` (padded to a square instead),
 ``+stretch`` (maximum of the resized map = 1.0), ``+gradient`` (a plane through the sides'
-medians where it fits the border better: ``PreprocessSpec.canonical()``), and one alternative,
+medians where it fits the border better), ``+deskew`` (the object turned upright:
+``PreprocessSpec.canonical()``), and one alternative,
 ``stretch p99`` (the 99th percentile = 1.0 instead of the maximum).
 
 Photos: ``--photos`` test tiles drawn with ``--seed`` (a seeded permutation of the test split),
@@ -54,7 +55,8 @@ VARIANTS: list[tuple[str, PreprocessSpec]] = [
     ("+ crop to the object (stretched to 28×28)", PreprocessSpec(**_MAP, crop=True)),
     ("+ pad to a square", PreprocessSpec(**_MAP, crop=True, pad_square=True)),
     ("+ contrast stretch (max = 1)", PreprocessSpec(**_MAP, crop=True, pad_square=True, stretch_percentile=100.0)),
-    ("+ gradient background = canonical()", PreprocessSpec.canonical()),
+    ("+ gradient background", PreprocessSpec.canonical(deskew=False)),
+    ("+ deskew = canonical()", PreprocessSpec.canonical()),
     ("canonical, stretch p99 = 1 instead of max", PreprocessSpec.canonical(stretch_percentile=99.0)),
 ]
 

@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw
 from artifacts import canonical
 from artifacts.preprocess import PreprocessSpec, arrays_to_model_input, preprocess_bytes, to_model_input
 
-CANON = PreprocessSpec.canonical()
-DESKEW = dataclasses.replace(CANON, deskew=True)
+DESKEW = PreprocessSpec.canonical()  # what new models train with
+CANON = dataclasses.replace(DESKEW, deskew=False)  # the canonical input before deskew
 
 
 def garment(kind: str) -> np.ndarray:
@@ -84,10 +84,10 @@ def test_nothing_to_turn_in_a_blank_or_noisy_image():
     assert out.shape == (3, 28, 28, 1) and np.isfinite(out).all()
 
 
-def test_old_cards_and_the_default_spec_do_not_deskew():
-    assert not PreprocessSpec().deskew and not CANON.deskew
-    card = {k: v for k, v in CANON.to_dict().items() if k != "deskew"}  # a card from before the field
-    assert not PreprocessSpec.from_dict(card).deskew
+def test_new_models_deskew_and_old_cards_do_not():
+    assert DESKEW.deskew and not PreprocessSpec().deskew
+    card = {k: v for k, v in DESKEW.to_dict().items() if k != "deskew"}  # a card from before the field
+    assert PreprocessSpec.from_dict(card) == CANON
     assert PreprocessSpec.from_dict(DESKEW.to_dict()) == DESKEW
 
 
