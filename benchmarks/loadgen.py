@@ -121,6 +121,31 @@ async def _closed_loop(url: str, requests: list[bytes], concurrency: int, second
     return samples
 
 
+def run_steps(url: str, requests: list[bytes], steps: list[tuple[int, float]], *, timeout_s: float = 60.0,
+              check=None) -> tuple[list[Sample], list[float]]:
+    """Closed-loop load in steps, one after the other in one event loop: ``steps`` is
+    ``[(concurrency, seconds), ...]``. Every sample comes back (``perf_counter`` times), with each
+    step's start time. A step's clients finish the request they are in before the next step's
+    clients start, so no request is cut off at a step's edge."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+
+    starts: list[float] = []
+
+    async def main():
+        samples: list[Sample] = []
+        for concurrency, seconds in steps:
+            starts.append(time.perf_counter())
+            samples += await _closed_loop(url, requests, concurrency, seconds, timeout_s, check)
+        return samples
+
+    return runner(main()), starts
+
+
 def run_load(url: str, requests: list[bytes], concurrency: int, *, duration_s: float, warmup_s: float,
              timeout_s: float = 60.0, check=None, on_window=None) -> LoadResult:
     """Closed-loop load for ``warmup_s + duration_s``; only requests that complete inside the last
