@@ -160,7 +160,7 @@ def markdown(summaries: list[dict], rows: list[dict], claims: list[dict], tolera
     from .classical import markdown as baselines_markdown
 
     if not summaries:  # the classical baselines alone
-        return "\n".join(baselines_markdown(b).rstrip("\n") for b in baselines) + "\n"
+        return "\n\n".join(baselines_markdown(b).rstrip("\n") for b in baselines) + "\n"
     lines = ["| Grid run | Trials | Epochs (max) | LR schedule | Grid wall time | Sum of trial times |",
              "|:--|--:|--:|:--|--:|--:|"]
     for s in summaries:

@@ -44,6 +44,10 @@ def test_baselines_train_on_the_grids_training_split_and_learn(tiny_fashion_mnis
                                                 markdown=str(doc), section="baselines"))
     begin, end = compare_runs.markers("baselines")
     assert doc.read_text().split(begin, 1)[1].split(end, 1)[0].strip() == table.strip()
+    compare_runs.run(compare_runs.CompareConfig(baselines=(str(out), str(out)), out=str(tmp_path / "cmp"),
+                                                markdown=str(doc), section="baselines"))
+    block = doc.read_text().split(begin, 1)[1].split(end, 1)[0].strip()
+    assert block == table.strip() + "\n\n" + table.strip()  # two results: two tables, a blank line apart
 
 
 def test_the_command_runs_one_model_and_refuses_unknown_ones(tiny_fashion_mnist, tmp_path, capsys):
