@@ -33,6 +33,25 @@ def _without_time(r) -> dict:
     return out
 
 
+def _same(a, b, path: str = "") -> None:
+    """``a`` == ``b`` but for floats, equal to 1e-4: a forward pass over a batch of 12 and one
+    over a batch of 1 differ in the last digit of a probability (0.129765 against 0.129764);
+    a similarity, rounded to 0.1, may then round the other way."""
+    if isinstance(a, float) or isinstance(b, float):
+        tol = 0.1 + 1e-9 if path.endswith(".similarity") else 1e-4
+        assert isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= tol, (path, a, b)
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (path, a, b)
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), (path, a, b)
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, (path, a, b)
+
+
 def _together(requests: list[tuple[str, bytes, dict]]) -> list:
     """Every request sent at once from its own thread; the answers in order."""
     answers, start = [None] * len(requests), threading.Barrier(len(requests))
@@ -72,7 +91,7 @@ def test_concurrent_searches_answer_as_sequential_ones(gather_url, images):
     together = _together(queries)
     assert [r.status for r in together] == [200] * len(queries), [r.body for r in together]
     for i, (a, b) in enumerate(zip(alone, together)):
-        assert _without_time(b) == _without_time(a), f"request {i} answered differently when gathered"
+        _same(_without_time(b), _without_time(a), f"request {i} gathered")
     # Each answer is its own: its k and its category.
     for i, r in enumerate(together):
         out = r.json()
@@ -109,4 +128,4 @@ def test_one_bad_upload_fails_alone_in_its_batch(gather_url, images):
     assert "too large" in answers[8].json()["error"]
     # The good ones got the answers they get alone.
     for r, (q, data, headers) in zip([answers[i] for i in (0, 1, 2, 5, 6, 7)], good):
-        assert _without_time(r) == _without_time(http(q, data, headers=headers))
+        _same(_without_time(r), _without_time(http(q, data, headers=headers)))
