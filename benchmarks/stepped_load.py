@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_usage import load_average
 from loadgen import build_requests, run_steps
 from serve_measure import is_search_answer, query_images, wait_serving
-from stepped_report import analyse, plot, report_lines
+from stepped_report import analyse, plot, report_lines, scaling
 
 PROXY_ENV = {  # what `vitrine serve` sets for a local Ray (jobs/serve_app.py), per --proxy
     "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     if args.from_json:
         result = json.loads(Path(args.from_json).read_text())
+        # The replica series is the record; the times read off it follow this version's rules.
+        result["scaling"] = scaling(result["replicas"], result["high_s"], result["fall_s"])
     else:
         config = SteppedLoadConfig(storage=args.storage, steps=_steps(args.steps), nodes=args.nodes,
                                    cpus_per_node=args.cpus_per_node, proxy=args.proxy,

@@ -55,10 +55,11 @@ def _first(points, after: float, test) -> float | None:
     return next((t for t, running, target in points if t >= after and test(running, target)), None)
 
 
-def _scaling(series: dict, high_s: float, fall_s: float) -> dict[str, dict]:
+def scaling(series: dict, high_s: float, fall_s: float) -> dict[str, dict]:
     """Per deployment: replicas when the high step began, the most it reached, and how long after
     the step began the autoscaler raised its target / the extra replica was RUNNING; how long
-    after the load fell the target came back down / the count was back to where it started."""
+    after the load fell the target came back down / the count was back to where it started
+    (negative: back down already during the high step)."""
     out = {}
     for name, points in series.items():
         before = [p for p in points if p[0] <= high_s] or points[:1]
@@ -72,8 +73,8 @@ def _scaling(series: dict, high_s: float, fall_s: float) -> dict[str, dict]:
         up = _first(points, high_s, lambda r, t: r > base)
         if up is not None:
             row["running_after_s"] = round(up - high_s, 1)
-            down = _first(points, max(fall_s, up), lambda r, t: (t or 0) <= base)
-            back = _first(points, max(fall_s, up), lambda r, t: r <= base)
+            down = _first(points, up, lambda r, t: (t or 0) <= base)
+            back = _first(points, up, lambda r, t: r <= base)
             row["target_down_after_s"] = None if down is None else round(down - fall_s, 1)
             row["back_after_s"] = None if back is None else round(back - fall_s, 1)
         out[name] = row
@@ -91,7 +92,7 @@ def analyse(samples, starts: list[float], end: float, steps: list[tuple[int, flo
     return {"steps": _steps(samples, starts, end, steps), "buckets": _buckets(samples, t0, end, bucket_s),
             "step_starts_s": [round(s - t0, 2) for s in starts], "end_s": round(end - t0, 2), "bucket_s": bucket_s,
             "high_step": high + 1, "high_s": round(high_s, 2), "fall_s": round(fall_s, 2),
-            "replicas": series, "scaling": _scaling(series, high_s, fall_s),
+            "replicas": series, "scaling": scaling(series, high_s, fall_s),
             "failed": sum(s.status != 200 for s in samples), "requests": len(samples),
             "statuses": {str(k): v for k, v in sorted(_count(s.status for s in samples).items())}}
 
@@ -147,6 +148,10 @@ def _s(v) -> str:
     return "never" if v is None else f"{v:.1f} s"
 
 
+def _after_fall(v) -> str:
+    return f"{_s(v)} (before the load fell)" if v is not None and v < 0 else _s(v)
+
+
 def report_lines(result: dict, *, plot_path: str | None, markdown: str | None, command: str) -> list[str]:
     lines = [f"Run {result['started']}: {result['cpus']}-CPU VM, no GPU; a local cluster of {result['nodes']} "
              f"`ray start` nodes with {result['cpus_per_node']} logical CPUs each ({result['nodes'] * result['cpus_per_node']} "
@@ -171,7 +176,7 @@ def report_lines(result: dict, *, plot_path: str | None, markdown: str | None, c
               "|:--|--:|--:|--:|--:|--:|--:|"]
     for name, r in sorted(result["scaling"].items()):
         lines.append(f"| {name} | {r['base']} | {r['max']} | {_s(r['decided_after_s'])} | {_s(r['running_after_s'])} | "
-                     f"{_s(r['target_down_after_s'])} | {_s(r['back_after_s'])} |")
+                     f"{_after_fall(r['target_down_after_s'])} | {_after_fall(r['back_after_s'])} |")
     if plot_path:
         rel = os.path.relpath(plot_path, os.path.dirname(os.path.abspath(markdown))) if markdown else plot_path
         lines += ["", f"![replicas and p99 over time under stepped load]({rel})"]

@@ -81,6 +81,14 @@ def test_analyse_times_the_added_and_removed_replica_from_the_steps():
     assert len(result["buckets"]) == 12 and sum(b["failed"] for b in result["buckets"]) == 1
 
 
+def test_a_replica_removed_under_the_high_load_is_back_before_the_load_fell():
+    steps, starts, end = [(2, 10.0), (32, 20.0), (2, 10.0)], [0.0, 10.0, 30.0], 40.0
+    history = _history({"Search": [(0, 1, 1), (12.0, 1, 2), (14.0, 2, 2), (25.0, 2, 1), (25.5, 1, 1)]}, end)
+    result = stepped_report.analyse([Sample(1.0, 1.1, 200)], starts, end, steps, history, bucket_s=5.0)
+    search = result["scaling"]["Search"]
+    assert (search["running_after_s"], search["target_down_after_s"], search["back_after_s"]) == (4.0, -5.0, -4.5)
+
+
 def test_a_replica_still_up_when_the_run_ends_is_never_back():
     steps, starts, end = [(2, 10.0), (32, 10.0), (2, 10.0)], [0.0, 10.0, 20.0], 30.0
     history = _history({"Ingress": [(0, 1, 1), (12.0, 1, 2), (16.0, 2, 2)]}, end)
