@@ -13,8 +13,11 @@ from tests.helpers import Load
 
 pytestmark = pytest.mark.slow
 
+# Target 0.5: one Ingress replica gathers concurrent searches into at most two calls in flight
+# to the Classifier and to Search (serve/ingress.py, max_concurrent_batches=2), and on a loaded
+# machine they rarely overlap, so a target of 1 was never exceeded (the fresh-clone CI at 320ca82).
 FAST = {"upscale_delay_s": 1, "downscale_delay_s": 5, "look_back_period_s": 2, "metrics_interval_s": 0.5,
-        "target_ongoing_requests": 1}
+        "target_ongoing_requests": 0.5}
 SCALING = {
     "Classifier": {"autoscaling_config": {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 3, **FAST}},
     "Search": {"autoscaling_config": {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, **FAST}},
