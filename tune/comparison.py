@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from artifacts import storage
+from artifacts import publish, storage
 from artifacts.configuration import ConfigError
 
 from .grid import CURRENT, SUMMARY
@@ -60,7 +60,8 @@ def read_run(uri: str) -> dict:
     candidates = [uri] if uri.endswith(".json") else [storage.join(uri, SUMMARY)]
     pointer = storage.join(uri, CURRENT)
     if not uri.endswith(".json") and storage.exists(pointer):
-        candidates.append(storage.join(uri, storage.read_text(pointer).strip(), SUMMARY))
+        # A pointer in storage is checked like the grid's own --resume checks it: an id, not a path.
+        candidates.append(storage.join(uri, publish.check_id(storage.read_text(pointer).strip()), SUMMARY))
     for path in candidates:
         if storage.exists(path):
             summary = json.loads(storage.read_text(path))

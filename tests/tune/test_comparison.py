@@ -149,3 +149,15 @@ def test_a_directory_without_a_finished_run_is_one_line_error(tmp_path, capsys):
     assert "no finished grid run" in capsys.readouterr().err
     assert cli.main(["compare", "--out", str(tmp_path / "o")]) == 2
     assert "nothing to compare" in capsys.readouterr().err
+
+
+def test_a_hostile_current_pointer_is_refused(tmp_path):
+    # The grid's directory names its run in CURRENT; a pointer is an id, never a path out.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "grid_summary.json").write_text(json.dumps({"leaderboard": []}))
+    grid_dir = tmp_path / "store" / "tune" / "g"
+    grid_dir.mkdir(parents=True)
+    (grid_dir / "CURRENT").write_text("../../../outside\n")
+    with pytest.raises(ValueError, match="invalid artifact id"):
+        comparison.read_run(str(grid_dir))
